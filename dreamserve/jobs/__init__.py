@@ -1,0 +1,1 @@
+"""Durable predictions: states, the store, the worker loop and the webhook outbox."""

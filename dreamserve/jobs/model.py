@@ -1,0 +1,170 @@
+"""The records the store keeps and the Store protocol every implementation satisfies.
+
+Small frozen dataclasses cross the process boundary (API <-> store <-> worker); the store
+owns every status change (states.check_transition) and is the only shared state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from dreamserve.jobs.states import Status
+
+WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
+
+
+@dataclass(frozen=True)
+class NewPrediction:
+    """What a dialect submits: the client's input as sent, and its canonical translation."""
+
+    dialect: str  # "replicate", ...; picks the JSON shape of reads and webhooks
+    model: str  # e.g. "bytedance/seedream-4"
+    version: str
+    input: dict[str, Any]  # exactly what the client sent, echoed back in the prediction
+    request: dict[str, Any]  # GenerationRequest.model_dump(): what the worker runs
+    owner: str | None = None  # API key id; None when the service runs open
+    webhook: str | None = None
+    webhook_events_filter: tuple[str, ...] = ("start", "output", "logs", "completed")
+    cancel_after: float | None = None  # seconds from created_at, then auto-cancel
+
+
+@dataclass(frozen=True)
+class Prediction:
+    id: str
+    dialect: str
+    model: str
+    version: str
+    input: dict[str, Any]
+    request: dict[str, Any]
+    owner: str | None
+    status: Status
+    created_at: float  # unix seconds
+    started_at: float | None = None
+    completed_at: float | None = None
+    output: tuple[str, ...] = ()  # blob keys, in order; dialects turn them into URLs
+    logs: str = ""
+    error: str | None = None
+    progress: tuple[int, int] | None = None  # (step, total) of the running computation
+    metrics: dict[str, float] = field(default_factory=dict)  # predict_time, total_time, ...
+    webhook: str | None = None
+    webhook_events_filter: tuple[str, ...] = WEBHOOK_EVENTS
+    cancel_after: float | None = None
+    cancel_requested: bool = False
+    attempts: int = 0  # claims so far; > 1 means it was re-run after a worker died
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self.cancel_after is None else self.created_at + self.cancel_after
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A prediction a worker now holds, with the lease it must keep renewing."""
+
+    prediction: Prediction
+    worker_id: str
+    lease_expires_at: float
+
+
+@dataclass(frozen=True)
+class Page:
+    items: tuple[Prediction, ...]
+    next_cursor: str | None  # older items
+    previous_cursor: str | None  # newer items
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """An owed webhook: a snapshot of the prediction at the event, shaped by its dialect later."""
+
+    id: str
+    prediction_id: str
+    event: str  # one of WEBHOOK_EVENTS
+    url: str
+    snapshot: Prediction
+    attempts: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    id: str
+    owner: str | None
+    name: str
+    content_type: str
+    size: int
+    sha256: str
+    blob_key: str
+    metadata: dict[str, Any]
+    created_at: float
+    expires_at: float | None
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    name: str
+    created_at: float
+    revoked_at: float | None
+
+
+class NotFound(Exception):
+    pass
+
+
+class Store(Protocol):
+    """Durable predictions. Every method is one transaction; every one is safe to retry."""
+
+    # --- API side
+    def submit(self, new: NewPrediction) -> Prediction: ...
+    def get(self, prediction_id: str, owner: str | None = None) -> Prediction: ...
+    def list(self, owner: str | None, cursor: str | None, limit: int) -> Page: ...
+    def request_cancel(self, prediction_id: str, owner: str | None = None) -> Prediction:
+        """Cancel now if not yet claimed; else flag it so the worker stops within one step."""
+        ...
+
+    # --- worker side
+    def claim(self, worker_id: str, lease_seconds: float) -> Claim | None: ...
+    def heartbeat(self, prediction_id: str, worker_id: str, lease_seconds: float) -> bool:
+        """Extend the lease; False when the worker lost it (re-claimed elsewhere)."""
+        ...
+    def progress(
+        self, prediction_id: str, worker_id: str, step: int, total: int, log: str | None
+    ) -> bool:
+        """Record progress/logs; returns whether the worker should cancel."""
+        ...
+    def finish(
+        self,
+        prediction_id: str,
+        worker_id: str,
+        status: Status,
+        output: Sequence[str] = (),
+        error: str | None = None,
+        metrics: dict[str, float] | None = None,
+    ) -> Prediction: ...
+
+    # --- maintenance (any process)
+    def recover(self, now: float | None = None) -> int:
+        """Re-queue predictions whose lease expired (or fail them after too many tries) and
+        cancel unclaimed ones past their Cancel-After deadline. Returns how many it touched."""
+        ...
+
+    # --- webhook outbox
+    def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]: ...
+    def delivery_done(self, delivery_id: str) -> None: ...
+    def delivery_failed(self, delivery_id: str, next_attempt_at: float | None) -> None:
+        """Schedule a retry, or give up when next_attempt_at is None."""
+        ...
+
+    # --- files and keys
+    def add_file(self, record: FileRecord) -> None: ...
+    def get_file(self, file_id: str, owner: str | None = None) -> FileRecord: ...
+    def list_files(self, owner: str | None, limit: int) -> list[FileRecord]: ...
+    def delete_file(self, file_id: str, owner: str | None = None) -> FileRecord: ...
+    def create_key(self, name: str, token_hash: str) -> ApiKey: ...
+    def key_for_hash(self, token_hash: str) -> ApiKey | None: ...
+    def list_keys(self) -> list[ApiKey]: ...
+    def revoke_key(self, key_id: str) -> ApiKey: ...
+    def has_keys(self) -> bool: ...
