@@ -6,7 +6,8 @@ owns every status change (states.check_transition) and is the only shared state.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import builtins
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -86,6 +87,7 @@ class WebhookDelivery:
     snapshot: Prediction
     attempts: int
     created_at: float
+    first_attempt_at: float | None = None  # a completed event retries for minutes after this
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,10 @@ class NotFound(Exception):
     pass
 
 
+class BadCursor(ValueError):
+    """A page cursor this service did not issue (a client error, not a server one)."""
+
+
 class Store(Protocol):
     """Durable predictions. Every method is one transaction; every one is safe to retry."""
 
@@ -130,11 +136,13 @@ class Store(Protocol):
     def heartbeat(self, prediction_id: str, worker_id: str, lease_seconds: float) -> bool:
         """Extend the lease; False when the worker lost it (re-claimed elsewhere)."""
         ...
+
     def progress(
         self, prediction_id: str, worker_id: str, step: int, total: int, log: str | None
     ) -> bool:
         """Record progress/logs; returns whether the worker should cancel."""
         ...
+
     def finish(
         self,
         prediction_id: str,
@@ -145,14 +153,38 @@ class Store(Protocol):
         metrics: dict[str, float] | None = None,
     ) -> Prediction: ...
 
+    def release(self, prediction_id: str, worker_id: str) -> bool:
+        """Give a claimed prediction back to the queue (worker shutting down); the claim does not
+        count as an attempt. False when the worker no longer held it."""
+        ...
+
     # --- maintenance (any process)
     def recover(self, now: float | None = None) -> int:
         """Re-queue predictions whose lease expired (or fail them after too many tries) and
         cancel unclaimed ones past their Cancel-After deadline. Returns how many it touched."""
         ...
 
+    def release_leases(self) -> int:
+        """Re-queue every claimed prediction at once. Only safe while no worker runs: serve calls
+        it at start, holding the data-dir lock, so work of a killed service re-runs now."""
+        ...
+
+    # --- change feed (wakes `Prefer: wait` requests and SSE streams)
+    def changes(self, after_seq: int, limit: int) -> tuple[builtins.list[str], int]:
+        """Ids of predictions changed after `after_seq`, and the new high-water mark."""
+        ...
+
+    def last_seq(self) -> int:
+        """The current high-water mark: where a new watcher starts."""
+        ...
+
+    def queue_depth(self) -> int: ...
+    def get_or_create_meta(self, key: str, factory: Callable[[], str]) -> str:
+        """A shared setting (e.g. the webhook secret): the stored value, or factory()'s."""
+        ...
+
     # --- webhook outbox
-    def due_deliveries(self, now: float, limit: int) -> list[WebhookDelivery]: ...
+    def due_deliveries(self, now: float, limit: int) -> builtins.list[WebhookDelivery]: ...
     def delivery_done(self, delivery_id: str) -> None: ...
     def delivery_failed(self, delivery_id: str, next_attempt_at: float | None) -> None:
         """Schedule a retry, or give up when next_attempt_at is None."""
@@ -161,10 +193,10 @@ class Store(Protocol):
     # --- files and keys
     def add_file(self, record: FileRecord) -> None: ...
     def get_file(self, file_id: str, owner: str | None = None) -> FileRecord: ...
-    def list_files(self, owner: str | None, limit: int) -> list[FileRecord]: ...
+    def list_files(self, owner: str | None, limit: int) -> builtins.list[FileRecord]: ...
     def delete_file(self, file_id: str, owner: str | None = None) -> FileRecord: ...
     def create_key(self, name: str, token_hash: str) -> ApiKey: ...
     def key_for_hash(self, token_hash: str) -> ApiKey | None: ...
-    def list_keys(self) -> list[ApiKey]: ...
+    def list_keys(self) -> builtins.list[ApiKey]: ...
     def revoke_key(self, key_id: str) -> ApiKey: ...
     def has_keys(self) -> bool: ...

@@ -1,0 +1,129 @@
+"""The database seam: sessions that run named queries, and the SQLite implementation.
+
+The store speaks only to `Connector`: `read()` for single consistent statements and `write()`
+for one short transaction. A PostgreSQL connector (a pool, SKIP LOCKED claims) plugs in here
+later without touching the store.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from dreamserve.jobs import queries
+
+Row = Mapping[str, Any]
+
+
+class Session(Protocol):
+    def all(self, query: str, /, **params: Any) -> list[Row]: ...
+    def one(self, query: str, /, **params: Any) -> Row | None: ...
+    def run(self, query: str, /, **params: Any) -> int:
+        """Execute; returns the number of rows changed."""
+        ...
+
+
+class Connector(Protocol):
+    dialect: str
+
+    def read(self) -> Any:  # a context manager yielding a Session (autocommit reads)
+        ...
+
+    def write(self) -> Any:  # a context manager yielding a Session in one transaction
+        ...
+
+    def close(self) -> None: ...
+
+
+class _SqliteSession:
+    def __init__(self, conn: sqlite3.Connection, sql: dict[str, str]) -> None:
+        self.conn, self.sql = conn, sql
+
+    def all(self, query: str, /, **params: Any) -> list[Row]:
+        return self.conn.execute(self.sql[query], params).fetchall()
+
+    def one(self, query: str, /, **params: Any) -> Row | None:
+        rows = self.all(query, **params)
+        return rows[0] if rows else None
+
+    def run(self, query: str, /, **params: Any) -> int:
+        return self.conn.execute(self.sql[query], params).rowcount
+
+
+class SqliteConnector:
+    """One connection per thread (the API calls the store from a thread pool).
+
+    Writers in this process queue on a Python lock before BEGIN IMMEDIATE: SQLite's own busy
+    handler sleeps in growing steps (1, 2, 5, 10 ms...), which would add latency to every
+    contended write; the lock wakes the next writer the moment the previous one commits.
+    busy_timeout still covers contention with other processes (workers, other API processes).
+    """
+
+    dialect = "sqlite"
+
+    def __init__(self, path: Path, busy_timeout_ms: int = 10_000) -> None:
+        self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
+        self.sql = queries.load(self.dialect)
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, no implicit transactions.
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # In WAL mode NORMAL survives any process crash (kill -9); only an OS crash or power
+            # loss can roll back the last commits.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def read(self) -> Iterator[_SqliteSession]:
+        yield _SqliteSession(self._connection(), self.sql)
+
+    @contextmanager
+    def write(self) -> Iterator[_SqliteSession]:
+        conn = self._connection()
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SqliteSession(conn, self.sql)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def script(self, name: str) -> None:
+        """Run a multi-statement block (the schema) in one transaction."""
+        conn = self._connection()
+        with self._write_lock:
+            conn.executescript(f"BEGIN IMMEDIATE;\n{self.sql[name]}\nCOMMIT;")
+
+    def close(self) -> None:
+        with self._all_lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
+def connect(url: str) -> SqliteConnector:
+    """`sqlite:///relative/path.db` or `sqlite:////absolute/path.db`."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        raise ValueError(f"store URL {url!r}: only sqlite:///path is supported so far")
+    return SqliteConnector(Path(url[len(prefix) :]))

@@ -1,0 +1,305 @@
+"""SqlStore: the one Store implementation, over a Connector (SQLite now, PostgreSQL later).
+
+Every public method is one short transaction; each status change goes through
+states.check_transition, bumps the change sequence (the API's watcher wakes waiters from it) and
+queues its webhooks in the same transaction (outbox.py).
+"""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dreamserve.jobs import outbox, rows
+from dreamserve.jobs.connector import Connector, Row, Session, SqliteConnector, connect
+from dreamserve.jobs.model import Claim, NewPrediction, NotFound, Page, Prediction
+from dreamserve.jobs.states import Status, check_transition
+from dreamserve.jobs.store_records import RecordsMixin
+
+SCHEMA_VERSION = 1
+
+
+class SchemaTooNew(RuntimeError):
+    pass
+
+
+class SqlStore(RecordsMixin):
+    def __init__(self, db: Connector, max_attempts: int = 3) -> None:
+        self.db = db
+        self.max_attempts = max_attempts
+        self._create_schema()
+
+    def _create_schema(self) -> None:
+        if isinstance(self.db, SqliteConnector):
+            self.db.script("schema")
+        with self.db.write() as tx:
+            row = tx.one("schema_version")
+            if row is None:
+                tx.run("set_schema_version", version=SCHEMA_VERSION)
+            elif row["version"] > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"the store has schema {row['version']}; this dreamserve knows up to "
+                    f"{SCHEMA_VERSION}: upgrade dreamserve"
+                )
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- API side
+
+    def submit(self, new: NewPrediction) -> Prediction:
+        now = time.time()
+        params: dict[str, Any] = {
+            "id": rows.new_id(),
+            "dialect": new.dialect,
+            "model": new.model,
+            "version": new.version,
+            "input": rows.dumps(new.input),
+            "request": rows.dumps(new.request),
+            "owner": new.owner,
+            "created_at": now,
+            "webhook": new.webhook,
+            "webhook_events_filter": rows.dumps(list(new.webhook_events_filter)),
+            "cancel_after": new.cancel_after,
+            "deadline": None if new.cancel_after is None else now + new.cancel_after,
+        }
+        with self.db.write() as tx:
+            row = tx.one("insert_prediction", seq=_next_seq(tx), **params)
+        assert row is not None
+        return rows.prediction(row)
+
+    def get(self, prediction_id: str, owner: str | None = None) -> Prediction:
+        with self.db.read() as tx:
+            row = tx.one("get_prediction", id=prediction_id)
+        return rows.prediction(_owned(row, prediction_id, owner))
+
+    def list(self, owner: str | None, cursor: str | None, limit: int) -> Page:
+        """Newest first. `next_cursor` pages to older items, `previous_cursor` to newer ones."""
+        limit = max(1, limit)
+        if cursor is None:
+            direction, created_at, last_id = rows.OLDER, float("inf"), ""
+        else:
+            direction, created_at, last_id = rows.decode_cursor(cursor)
+        query = "list_older" if direction == rows.OLDER else "list_newer"
+        with self.db.read() as tx:
+            found = tx.all(query, owner=owner, created_at=created_at, id=last_id, limit=limit + 1)
+        more = len(found) > limit
+        items = [rows.prediction(r) for r in found[:limit]]
+        if direction == rows.NEWER:
+            items.reverse()
+        if not items:
+            return Page((), None, None)
+        older = more if direction == rows.OLDER else True
+        newer = cursor is not None if direction == rows.OLDER else more
+        first, last = items[0], items[-1]
+        return Page(
+            tuple(items),
+            rows.encode_cursor(rows.OLDER, last.created_at, last.id) if older else None,
+            rows.encode_cursor(rows.NEWER, first.created_at, first.id) if newer else None,
+        )
+
+    def request_cancel(self, prediction_id: str, owner: str | None = None) -> Prediction:
+        now = time.time()
+        with self.db.write() as tx:
+            row = _owned(tx.one("get_prediction", id=prediction_id), prediction_id, owner)
+            status = Status(row["status"])
+            if status is Status.STARTING:
+                return self._complete(tx, row, Status.CANCELED, now)
+            if status is Status.PROCESSING and not row["cancel_requested"]:
+                row = tx.one("flag_cancel", seq=_next_seq(tx), id=prediction_id)
+                assert row is not None
+        return rows.prediction(row)
+
+    # --- worker side
+
+    def claim(self, worker_id: str, lease_seconds: float) -> Claim | None:
+        now = time.time()
+        # A plain read first: idle workers polling must not take the write lock.
+        with self.db.read() as tx:
+            if tx.one("any_claimable", now=now) is None:
+                return None
+        lease = now + lease_seconds
+        with self.db.write() as tx:
+            args = {"worker_id": worker_id, "lease": lease, "now": now}
+            row = tx.one("claim_next", seq=_next_seq(tx), **args)
+            if row is None:
+                return None
+            check_transition(Status.STARTING, Status.PROCESSING)
+            p = rows.prediction(row)
+            if row["started_at"] == now:  # the first claim: Replicate's `start` event
+                outbox.queue_event(tx, p, "start", now, row["webhook_throttled_at"])
+        return Claim(p, worker_id, lease)
+
+    def heartbeat(self, prediction_id: str, worker_id: str, lease_seconds: float) -> bool:
+        lease = time.time() + lease_seconds
+        with self.db.write() as tx:
+            return tx.run("heartbeat", id=prediction_id, worker_id=worker_id, lease=lease) > 0
+
+    def progress(
+        self, prediction_id: str, worker_id: str, step: int, total: int, log: str | None
+    ) -> bool:
+        now = time.time()
+        line = "" if not log else log if log.endswith("\n") else log + "\n"
+        args = {"id": prediction_id, "worker_id": worker_id, "step": step, "total": total}
+        with self.db.write() as tx:
+            row = tx.one("record_progress", seq=_next_seq(tx), log=line, **args)
+            if row is None:
+                return True  # the lease is gone: whoever holds it now does the work
+            p = rows.prediction(row)
+            if line:
+                outbox.queue_event(tx, p, "logs", now, row["webhook_throttled_at"])
+        return p.cancel_requested or (p.deadline is not None and now >= p.deadline)
+
+    def finish(
+        self,
+        prediction_id: str,
+        worker_id: str,
+        status: Status,
+        output: Sequence[str] = (),
+        error: str | None = None,
+        metrics: dict[str, float] | None = None,
+    ) -> Prediction:
+        if not status.terminal:
+            raise ValueError(f"finish needs a terminal status, not {status}")
+        now = time.time()
+        with self.db.write() as tx:
+            row = tx.one("get_prediction", id=prediction_id)
+            if row is None:
+                raise NotFound(prediction_id)
+            if row["status"] != Status.PROCESSING or row["worker_id"] != worker_id:
+                return rows.prediction(row)  # lost the lease: the current holder decides
+            return self._complete(tx, row, status, now, output, error, metrics)
+
+    def release(self, prediction_id: str, worker_id: str) -> bool:
+        now = time.time()
+        with self.db.write() as tx:
+            row = tx.one("get_prediction", id=prediction_id)
+            if row is None or row["status"] != Status.PROCESSING or row["worker_id"] != worker_id:
+                return False
+            self._requeue_or_end(tx, row, now, refund=1)
+        return True
+
+    # --- maintenance
+
+    def recover(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        checks = ("expired_leases", "overdue_unclaimed", "overdue_claimed")
+        with self.db.read() as tx:  # the common case, nothing to do, takes no write lock
+            if not any(tx.all(name, now=now) for name in checks):
+                return 0
+        with self.db.write() as tx:
+            expired = tx.all("expired_leases", now=now)
+            for row in expired:
+                self._requeue_or_end(tx, row, now, refund=0)
+            unclaimed = tx.all("overdue_unclaimed", now=now)
+            for row in unclaimed:
+                self._complete(tx, row, Status.CANCELED, now, error=DEADLINE_ERROR)
+            # The worker sees the flag at its next step and finishes the prediction canceled.
+            claimed = tx.all("overdue_claimed", now=now)
+            for row in claimed:
+                tx.run("flag_cancel", seq=_next_seq(tx), id=row["id"])
+        return len(expired) + len(unclaimed) + len(claimed)
+
+    def release_leases(self) -> int:
+        now = time.time()
+        with self.db.write() as tx:
+            held = tx.all("all_leases")
+            for row in held:
+                self._requeue_or_end(tx, row, now, refund=0)
+        return len(held)
+
+    def _requeue_or_end(self, tx: Session, row: Row, now: float, refund: int) -> None:
+        """A claim ended without a result: re-run it, unless it was to be canceled anyway or
+        its workers keep dying (then it fails with the reason, not silently)."""
+        p = rows.prediction(row)
+        if p.cancel_requested or (p.deadline is not None and now >= p.deadline):
+            error = DEADLINE_ERROR if not p.cancel_requested else None
+            self._complete(tx, row, Status.CANCELED, now, error=error)
+        elif p.attempts - refund >= self.max_attempts:
+            error = f"worker died while running this prediction ({p.attempts} attempts)"
+            self._complete(tx, row, Status.FAILED, now, error=error)
+        else:
+            check_transition(p.status, Status.STARTING)
+            tx.run("requeue", seq=_next_seq(tx), id=p.id, refund=refund)
+
+    def _complete(
+        self,
+        tx: Session,
+        row: Row,
+        status: Status,
+        now: float,
+        output: Sequence[str] = (),
+        error: str | None = None,
+        metrics: dict[str, float] | None = None,
+    ) -> Prediction:
+        check_transition(Status(row["status"]), status)
+        merged = dict(metrics or {})
+        if row["attempt_started_at"] is not None:
+            merged["predict_time"] = now - row["attempt_started_at"]
+        merged["total_time"] = now - row["created_at"]
+        done = tx.one(
+            "finish_prediction",
+            seq=_next_seq(tx),
+            id=row["id"],
+            status=status.value,
+            output=rows.dumps(list(output)),
+            error=error,
+            metrics=rows.dumps(merged),
+            now=now,
+        )
+        assert done is not None
+        p = rows.prediction(done)
+        outbox.queue_final(tx, p, now, done["webhook_throttled_at"])
+        return p
+
+    # --- change feed
+
+    def changes(self, after_seq: int, limit: int) -> tuple[builtins.list[str], int]:
+        with self.db.read() as tx:
+            found = tx.all("changes", after=after_seq, limit=limit)
+        return [r["id"] for r in found], (found[-1]["seq"] if found else after_seq)
+
+    def last_seq(self) -> int:
+        with self.db.read() as tx:
+            row = tx.one("last_seq")
+        return int(row["value"]) if row else 0
+
+    def queue_depth(self) -> int:
+        with self.db.read() as tx:
+            row = tx.one("queue_depth")
+        return int(row["n"]) if row else 0
+
+    def get_or_create_meta(self, key: str, factory: Callable[[], str]) -> str:
+        with self.db.read() as tx:
+            row = tx.one("get_meta", key=key)
+        if row is not None:
+            return str(row["value"])
+        value = factory()
+        with self.db.write() as tx:  # two processes may race here: the first write wins
+            tx.run("put_meta_if_absent", key=key, value=value)
+            row = tx.one("get_meta", key=key)
+        assert row is not None
+        return str(row["value"])
+
+
+DEADLINE_ERROR = "canceled: the Cancel-After deadline passed"
+
+
+def _next_seq(tx: Session) -> int:
+    row = tx.one("next_seq")
+    assert row is not None
+    return int(row["value"])
+
+
+def _owned(row: Row | None, prediction_id: str, owner: str | None) -> Row:
+    """Another owner's prediction is indistinguishable from a missing one."""
+    if row is None or (owner is not None and row["owner"] != owner):
+        raise NotFound(prediction_id)
+    return row
+
+
+def open_store(url: str, max_attempts: int = 3) -> SqlStore:
+    """Open (and create or upgrade) the store at `url`, e.g. "sqlite:///data/dreamserve.db"."""
+    return SqlStore(connect(url), max_attempts=max_attempts)
