@@ -1,0 +1,1 @@
+"""Input and output images: fetch references safely, decode with limits, resize, encode."""
