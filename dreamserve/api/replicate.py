@@ -39,6 +39,9 @@ DEFAULT_WAIT = 60.0
 MAX_WAIT = 60
 MIN_CANCEL_AFTER = 5.0
 PAGE_SIZE = 100
+# Inputs may carry images as data URLs (the official client's base64 file encoding does), so
+# a prediction body may be far larger than ordinary JSON; bigger files belong in /v1/files.
+MAX_PREDICTION_BODY = 16 * 1024 * 1024
 _CANCEL_AFTER = re.compile(
     r"(?P<bare>\d{1,9}(?:\.\d+)?)|(?:(?P<h>\d{1,9}(?:\.\d+)?)h)?(?:(?P<m>\d{1,9}(?:\.\d+)?)m)?"
     r"(?:(?P<s>\d{1,9}(?:\.\d+)?)s)?"
@@ -223,7 +226,7 @@ async def _create(request: Request, model: str | None) -> Response:
     services = services_of(request)
     wait = parse_prefer(request.headers.get("prefer"))
     cancel_after = parse_cancel_after(request.headers.get("cancel-after"))
-    body = await read_json_object(request)
+    body = await read_json_object(request, MAX_PREDICTION_BODY)
     model = model or _model_of_version(body.get("version"))
     new = new_prediction(body, model, request_owner(request), cancel_after)
     prediction = await services.predictions.submit(new, wait)

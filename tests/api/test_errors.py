@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from dreamserve.api.app import create_app
 from dreamserve.api.context import Services
+from dreamserve.api.replicate import MAX_PREDICTION_BODY
 from tests.api.conftest import BASE_URL, SEEDREAM
 
 pytestmark = pytest.mark.anyio
@@ -59,15 +60,20 @@ async def test_wrong_content_type(client: httpx.AsyncClient) -> None:
     assert_problem(r, 415, "Content-Type")
 
 
-async def test_a_10_mb_prompt_is_refused_before_parsing(client: httpx.AsyncClient) -> None:
+async def test_a_10_mb_prompt_is_refused(client: httpx.AsyncClient) -> None:
     r = await post(client, {"input": {"prompt": "x" * 10_000_000}})
+    assert_problem(r, 422, "input.prompt")
+
+
+async def test_a_body_over_the_cap_is_refused_before_parsing(client: httpx.AsyncClient) -> None:
+    r = await post(client, {"input": {"prompt": "x" * (MAX_PREDICTION_BODY + 1)}})
     assert_problem(r, 413, "body")
 
 
 async def test_a_body_without_length_is_capped_while_streaming(client: httpx.AsyncClient) -> None:
     async def chunks() -> Any:
-        for _ in range(20):
-            yield b" " * 100_000
+        for _ in range(MAX_PREDICTION_BODY // 1_000_000 + 1):
+            yield b" " * 1_000_000
 
     r = await client.post(SEEDREAM, content=chunks(), headers={"content-type": "application/json"})
     assert_problem(r, 413, "body")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 from typing import Any
 
@@ -56,6 +57,12 @@ async def test_the_canonical_request_is_stored_with_defaults(
     assert stored.request["preset"] is None  # dialect plumbing is not settable from Replicate
     assert "unknown_knob" not in stored.request
     assert stored.dialect == "replicate"
+
+
+async def test_images_as_data_urls_fit_in_a_prediction_body(client: httpx.AsyncClient) -> None:
+    data_url = "data:image/png;base64," + base64.b64encode(b"\0" * 2_000_000).decode()
+    r = await create(client, {"input": {"prompt": "x", "image_input": [data_url, data_url]}})
+    assert r.status_code == 201
 
 
 async def test_prefer_wait_answers_when_the_prediction_ends(
