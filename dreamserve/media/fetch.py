@@ -26,6 +26,9 @@ from dreamserve.media.errors import InputError
 MAX_REDIRECTS = 5
 USER_AGENT = "dreamserve (input fetcher)"
 _FILE_PATH = re.compile(r"/v1/files/([A-Za-z0-9_.-]+)(?:/download)?/?")
+# Output URLs of earlier predictions (public, like the API serves them): chaining an output
+# into the next edit must not loop through HTTP to this very service.
+_OUTPUT_PATH = re.compile(r"/files/(outputs/[A-Za-z0-9_./-]+)")
 
 
 @dataclass(frozen=True)
@@ -66,9 +69,11 @@ class Fetcher:
         ref = ref.strip()
         if ref[:5].lower() == "data:":
             return parse_data_url(ref, self.settings.fetch_max_bytes)
-        file_id = self._file_id(ref)
-        if file_id is not None:
-            return self._fetch_file(file_id, owner)
+        path = self._own_path(ref)
+        if path is not None and (match := _FILE_PATH.fullmatch(path)):
+            return self._fetch_file(match.group(1), owner)
+        if path is not None and (match := _OUTPUT_PATH.fullmatch(path)):
+            return self._fetch_output(match.group(1))
         scheme = ref.partition(":")[0].lower() if ":" in ref else ""
         if scheme in ("http", "https"):
             return self._fetch_http(ref)
@@ -85,10 +90,11 @@ class Fetcher:
 
     # --- this service's files
 
-    def _file_id(self, ref: str) -> str | None:
-        path = ref[len(self._base) :] if ref.startswith(self._base + "/") else ref
-        match = _FILE_PATH.fullmatch(path)
-        return match.group(1) if match else None
+    def _own_path(self, ref: str) -> str | None:
+        """The path of a URL on this service (or a bare absolute path); None otherwise."""
+        if ref.startswith(self._base + "/"):
+            return ref[len(self._base) :]
+        return ref if ref.startswith("/") else None
 
     def _fetch_file(self, file_id: str, owner: str | None) -> Fetched:
         if self.files is None or self.blobs is None:
@@ -104,6 +110,16 @@ class Fetcher:
         if len(data) > self.settings.fetch_max_bytes:
             raise too_large(self.settings.fetch_max_bytes)
         return Fetched(data, record.content_type, "file")
+
+    def _fetch_output(self, key: str) -> Fetched:
+        if self.blobs is None:
+            raise InputError("an output URL of this service needs its blobs (not available here)")
+        try:
+            info = self.blobs.info(key)
+            data = self.blobs.get(key)
+        except (KeyError, ValueError):
+            raise InputError(f"output file {key} not found (or expired)") from None
+        return Fetched(data, info.content_type, "output file")
 
     # --- http(s)
 

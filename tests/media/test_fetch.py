@@ -227,3 +227,26 @@ def test_files_url_of_another_host_is_fetched_over_http(fetcher: Fetcher) -> Non
 def test_files_url_without_a_store(settings: Settings) -> None:
     with pytest.raises(InputError, match="needs the service"):
         Fetcher(settings).fetch("/v1/files/mine")
+
+
+def test_output_urls_of_this_service_resolve_from_blobs(fetcher: Fetcher) -> None:
+    """An earlier prediction's output fed into the next edit: no HTTP loop to ourselves."""
+    assert fetcher.blobs is not None
+    fetcher.blobs.put("outputs/p1/output_0.png", PNG, "image/png", time.time() + 60)
+    for ref in (
+        "https://dream.example/files/outputs/p1/output_0.png",
+        "/files/outputs/p1/output_0.png",
+    ):
+        got = fetcher.fetch(ref, owner="anyone")
+        assert (got.data, got.content_type) == (PNG, "image/png")
+
+
+@pytest.mark.parametrize(
+    "path", ["outputs/p1/missing.png", "outputs/../files/mine", "outputs/p2/expired.png"]
+)
+def test_missing_expired_or_escaping_output_urls_are_not_found(fetcher: Fetcher, path: str) -> None:
+    assert fetcher.blobs is not None
+    fetcher.blobs.put("outputs/p2/expired.png", PNG, "image/png", time.time() - 1)
+    with pytest.raises(InputError) as exc:
+        fetcher.fetch(f"https://dream.example/files/{path}")
+    assert message(exc) == f"output file {path} not found (or expired)"
