@@ -151,7 +151,11 @@ class Store(Protocol):
         output: Sequence[str] = (),
         error: str | None = None,
         metrics: dict[str, float] | None = None,
-    ) -> Prediction: ...
+        log: str | None = None,
+    ) -> Prediction:
+        """End a claimed prediction; `log` appends last log lines in the same transaction. A
+        worker that no longer holds the lease changes nothing and gets the current row."""
+        ...
 
     def release(self, prediction_id: str, worker_id: str) -> bool:
         """Give a claimed prediction back to the queue (worker shutting down); the claim does not

@@ -158,7 +158,7 @@ RETURNING *;
 -- name: finish_prediction
 UPDATE predictions SET
     seq = :seq, status = :status, output = :output, error = :error, metrics = :metrics,
-    completed_at = :now, worker_id = NULL, lease_expires_at = NULL
+    logs = logs || :log, completed_at = :now, worker_id = NULL, lease_expires_at = NULL
 WHERE id = :id
 RETURNING *;
 

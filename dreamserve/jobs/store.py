@@ -141,7 +141,7 @@ class SqlStore(RecordsMixin):
         self, prediction_id: str, worker_id: str, step: int, total: int, log: str | None
     ) -> bool:
         now = time.time()
-        line = "" if not log else log if log.endswith("\n") else log + "\n"
+        line = _line(log)
         args = {"id": prediction_id, "worker_id": worker_id, "step": step, "total": total}
         with self.db.write() as tx:
             row = tx.one("record_progress", seq=_next_seq(tx), log=line, **args)
@@ -160,6 +160,7 @@ class SqlStore(RecordsMixin):
         output: Sequence[str] = (),
         error: str | None = None,
         metrics: dict[str, float] | None = None,
+        log: str | None = None,
     ) -> Prediction:
         if not status.terminal:
             raise ValueError(f"finish needs a terminal status, not {status}")
@@ -170,7 +171,7 @@ class SqlStore(RecordsMixin):
                 raise NotFound(prediction_id)
             if row["status"] != Status.PROCESSING or row["worker_id"] != worker_id:
                 return rows.prediction(row)  # lost the lease: the current holder decides
-            return self._complete(tx, row, status, now, output, error, metrics)
+            return self._complete(tx, row, status, now, output, error, metrics, _line(log))
 
     def release(self, prediction_id: str, worker_id: str) -> bool:
         now = time.time()
@@ -233,6 +234,7 @@ class SqlStore(RecordsMixin):
         output: Sequence[str] = (),
         error: str | None = None,
         metrics: dict[str, float] | None = None,
+        log: str = "",
     ) -> Prediction:
         check_transition(Status(row["status"]), status)
         merged = dict(metrics or {})
@@ -247,6 +249,7 @@ class SqlStore(RecordsMixin):
             output=rows.dumps(list(output)),
             error=error,
             metrics=rows.dumps(merged),
+            log=log,
             now=now,
         )
         assert done is not None
@@ -291,6 +294,11 @@ def _next_seq(tx: Session) -> int:
     row = tx.one("next_seq")
     assert row is not None
     return int(row["value"])
+
+
+def _line(log: str | None) -> str:
+    """Log text as stored: newline-terminated lines."""
+    return "" if not log else log if log.endswith("\n") else log + "\n"
 
 
 def _owned(row: Row | None, prediction_id: str, owner: str | None) -> Row:

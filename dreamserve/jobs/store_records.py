@@ -30,7 +30,8 @@ class RecordsMixin:
         until = now + DELIVERY_CLAIM_SECONDS
         with self.db.write() as tx:
             taken = tx.all("claim_due", now=now, until=until, limit=limit)
-        return sorted((rows.delivery(r) for r in taken), key=lambda d: (d.created_at, d.id))
+        # RETURNING has no defined order: restore the outbox's (send order) sequence.
+        return [rows.delivery(r) for r in sorted(taken, key=lambda r: int(r["n"]))]
 
     def delivery_done(self, delivery_id: str) -> None:
         with self.db.write() as tx:
