@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -56,31 +57,52 @@ def _limited(request: Request, limit: int) -> Request:
     return Request(request.scope, receive)
 
 
-async def _read_upload(request: Request, max_bytes: int) -> tuple[UploadFile, dict[str, Any]]:
+@dataclass(frozen=True)
+class Upload:
+    name: str
+    content_type: str
+    data: bytes
+    metadata: dict[str, Any]
+
+
+def _metadata(raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    try:
+        metadata = json.loads(str(raw))
+    except ValueError:
+        metadata = None
+    if not isinstance(metadata, dict):
+        raise invalid("metadata", "must be a JSON object")
+    return metadata
+
+
+async def _read_upload(request: Request, max_bytes: int) -> Upload:
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "multipart/form-data":
         raise ApiError(415, FieldError("Content-Type", "must be multipart/form-data"))
+    too_large = ApiError(413, FieldError("content", f"must be at most {max_bytes} bytes"))
     limit = max_bytes + MULTIPART_OVERHEAD
     length = declared_length(request)
     if length is not None and length > limit:
-        raise ApiError(413, FieldError("content", f"must be at most {max_bytes} bytes"))
+        raise too_large
     try:
         form = await _limited(request, limit).form(max_files=1, max_fields=8)
     except HTTPException as exc:  # malformed multipart
         raise ApiError(400, FieldError("body", f"malformed multipart: {exc.detail}")) from None
-    content = form.get("content")
-    if not isinstance(content, UploadFile):
-        raise invalid("content", "is required: a file part named 'content'")
-    raw_meta = form.get("metadata")
-    metadata: Any = {}
-    if raw_meta is not None:
-        try:
-            metadata = json.loads(str(raw_meta))
-        except ValueError:
-            metadata = None
-        if not isinstance(metadata, dict):
-            raise invalid("metadata", "must be a JSON object")
-    return content, metadata
+    try:
+        content = form.get("content")
+        if not isinstance(content, UploadFile):
+            raise invalid("content", "is required: a file part named 'content'")
+        metadata = _metadata(form.get("metadata"))
+        data = await content.read()
+        if len(data) > max_bytes:
+            raise too_large
+        name = PurePosixPath(content.filename or "file").name[:MAX_NAME] or "file"
+        content_type = content.content_type or "application/octet-stream"
+        return Upload(name, content_type, data, metadata)
+    finally:
+        await form.close()  # spooled temp files: not left for the garbage collector
 
 
 def _file_json(record: FileRecord, settings: Settings) -> dict[str, Any]:
@@ -101,14 +123,9 @@ def _file_json(record: FileRecord, settings: Settings) -> dict[str, Any]:
 
 async def create_file(request: Request) -> Response:
     services = services_of(request)
-    content, metadata = await _read_upload(request, services.settings.fetch_max_bytes)
-    data = await content.read()
-    if len(data) > services.settings.fetch_max_bytes:
-        limit = services.settings.fetch_max_bytes
-        raise ApiError(413, FieldError("content", f"must be at most {limit} bytes"))
-    name = PurePosixPath(content.filename or "file").name[:MAX_NAME] or "file"
-    content_type = content.content_type or "application/octet-stream"
-    record = await services.files.upload(request_owner(request), name, content_type, data, metadata)
+    up = await _read_upload(request, services.settings.fetch_max_bytes)
+    owner = request_owner(request)
+    record = await services.files.upload(owner, up.name, up.content_type, up.data, up.metadata)
     return JSONResponse(_file_json(record, services.settings), status_code=201)
 
 
