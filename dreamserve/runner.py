@@ -10,7 +10,6 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from PIL.Image import Image
@@ -123,18 +122,17 @@ def render(
 def encode_all(
     images: Sequence[Image], size: tuple[int, int], fmt: str, quality: int
 ) -> tuple[EncodedImage, ...]:
-    """Resize and encode; several images in parallel threads (Pillow's codecs drop the GIL)."""
+    """Resize (only when needed) and encode each image, in order.
+
+    Sequential on purpose: threads measured no faster on the shared 2-core box (4 images of
+    2048x2048: JPEG 102 ms serial vs 211 ms threaded, PNG 952 vs 903 ms), and worker
+    processes already use the cores.
+    """
     spec = OUTPUT_FORMATS[fmt]
-
-    def one(img: Image) -> EncodedImage:
-        return EncodedImage(
-            encode(resize_exact(img, size), fmt, quality), spec.ext, spec.content_type
-        )
-
-    if len(images) == 1:
-        return (one(images[0]),)
-    with ThreadPoolExecutor(max_workers=min(len(images), 4)) as pool:
-        return tuple(pool.map(one, images))
+    return tuple(
+        EncodedImage(encode(resize_exact(img, size), fmt, quality), spec.ext, spec.content_type)
+        for img in images
+    )
 
 
 def parse_stored_request(raw: dict[str, object]) -> GenerationRequest:
