@@ -315,6 +315,12 @@ async def get_model(request: Request) -> Response:
     )
 
 
+async def list_models(request: Request) -> Response:
+    base_url = services_of(request).settings.base_url
+    results = [schema.model_json(m, base_url) for m in schema.MODELS]
+    return JSONResponse({"previous": None, "next": None, "results": results})
+
+
 async def list_versions(request: Request) -> Response:
     model = _model_name(request)
     return JSONResponse({"previous": None, "next": None, "results": [schema.version_json(model)]})
@@ -333,6 +339,7 @@ async def webhook_secret(request: Request) -> Response:
 
 routes: list[BaseRoute] = [
     Route("/v1/models/{owner}/{name}/predictions", create_for_model, methods=["POST"]),
+    Route("/v1/models", list_models),
     Route("/v1/models/{owner}/{name}", get_model),
     Route("/v1/models/{owner}/{name}/versions", list_versions),
     Route("/v1/models/{owner}/{name}/versions/{version_id}", get_version),

@@ -273,6 +273,12 @@ async def test_model_and_versions(client: httpx.AsyncClient) -> None:
     assert r.json()["errors"][0]["field"] == "version_id"
 
 
+async def test_list_models(client: httpx.AsyncClient) -> None:
+    listed = (await client.get("/v1/models")).json()
+    names = [f"{m['owner']}/{m['name']}" for m in listed["results"]]
+    assert names == ["bytedance/seedream-4", "dreamserve/builtin"]
+
+
 async def test_webhook_secret(client: httpx.AsyncClient) -> None:
     r = await client.get("/v1/webhooks/default/secret")
     assert r.json() == {"key": "whsec_dGVzdA=="}
