@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import time
 from typing import Any
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from dreamserve.api import replicate
 from dreamserve.api.errors import ApiError
 from dreamserve.api.replicate_schema import version_id
+from dreamserve.blobs import DirBlobs
 from dreamserve.jobs.states import Status
 from dreamserve.jobs.store import SqlStore
 from tests.api.conftest import BASE_URL, SEEDREAM, FakeWorker
@@ -95,6 +97,18 @@ async def test_output_urls_download_the_image(
     assert r.status_code == 200
     assert r.headers["content-type"] == "image/png"
     assert r.content.startswith(b"\x89PNG")
+
+
+async def test_an_expired_output_is_gone(
+    client: httpx.AsyncClient, worker: FakeWorker, blobs: DirBlobs
+) -> None:
+    request = asyncio.create_task(create(client, {"input": INPUT}, Prefer="wait=5"))
+    done = await worker.run_one()
+    url = (await request).json()["output"][0]
+    blobs.put(done.output[0], b"old", "image/png", time.time() - 1)
+    r = await client.get(url)
+    assert r.status_code == 404
+    assert r.json()["errors"][0]["field"] == "key"
 
 
 async def test_output_route_serves_nothing_but_outputs(client: httpx.AsyncClient) -> None:
