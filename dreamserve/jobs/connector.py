@@ -86,6 +86,8 @@ class SqliteConnector:
             # In WAL mode NORMAL survives any process crash (kill -9); only an OS crash or power
             # loss can roll back the last commits.
             conn.execute("PRAGMA synchronous = NORMAL")
+            # After a burst the WAL is cut back to this size instead of staying at its peak.
+            conn.execute("PRAGMA journal_size_limit = 67108864")
             self._local.conn = conn
             with self._all_lock:
                 self._all.append(conn)

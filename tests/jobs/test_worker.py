@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
+from dreamserve.config import Settings
 from dreamserve.jobs import worker as worker_module
 from dreamserve.jobs.model import Prediction
 from dreamserve.jobs.states import Status
-from dreamserve.jobs.store import SqlStore
-from dreamserve.jobs.worker import Worker
+from dreamserve.jobs.store import SqlStore, open_store
+from dreamserve.jobs.worker import Worker, run_worker
 from tests.jobs.conftest import new_prediction
 from tests.jobs.fakes import FakeInputError, StepRunner
 
@@ -155,3 +158,33 @@ def test_progress_writes_are_throttled(store: SqlStore, monkeypatch: pytest.Monk
     _worker(store, StepRunner(steps=200)).run_once()  # 200 instant steps
     assert len(writes) <= 2
     assert store.get(p.id).logs.count("\n") == 200  # yet every log line is kept
+
+
+def test_concurrent_workers_run_each_prediction_exactly_once(store_url: str) -> None:
+    stores = [open_store(store_url) for _ in range(4)]  # one store each, as separate processes
+    ids = [stores[0].submit(new_prediction()).id for _ in range(60)]
+    runs: list[str] = []
+    lock = threading.Lock()
+
+    def record(pred: Prediction, step: int) -> None:
+        with lock:
+            runs.append(pred.id)
+
+    workers = [
+        Worker(s, StepRunner(steps=1, on_step=record), 30, worker_id=f"w{i}")
+        for i, s in enumerate(stores)
+    ]
+    with contextlib.ExitStack() as stack:
+        for w in workers:
+            stack.enter_context(running(w))
+        for pid in ids:
+            assert _wait(stores[0], pid).status is Status.SUCCEEDED
+    assert sorted(runs) == sorted(ids)
+    assert all(stores[0].get(pid).attempts == 1 for pid in ids)
+    for s in stores:
+        s.close()
+
+
+def test_run_worker_exits_nonzero_when_the_engine_cannot_load(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, generator="tests.jobs.no_such_module:factory")
+    assert run_worker(settings) == 1
