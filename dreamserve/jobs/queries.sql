@@ -120,13 +120,24 @@ INSERT INTO predictions (
 SELECT * FROM predictions WHERE id = :id;
 
 -- name: list_older
+-- One query per case (all owners / one owner) so each walks its own index.
 SELECT * FROM predictions
-WHERE (:owner IS NULL OR owner = :owner) AND (created_at, id) < (:created_at, :id)
+WHERE (created_at, id) < (:created_at, :id)
 ORDER BY created_at DESC, id DESC LIMIT :limit;
 
 -- name: list_newer
 SELECT * FROM predictions
-WHERE (:owner IS NULL OR owner = :owner) AND (created_at, id) > (:created_at, :id)
+WHERE (created_at, id) > (:created_at, :id)
+ORDER BY created_at ASC, id ASC LIMIT :limit;
+
+-- name: list_older_of_owner
+SELECT * FROM predictions
+WHERE owner = :owner AND (created_at, id) < (:created_at, :id)
+ORDER BY created_at DESC, id DESC LIMIT :limit;
+
+-- name: list_newer_of_owner
+SELECT * FROM predictions
+WHERE owner = :owner AND (created_at, id) > (:created_at, :id)
 ORDER BY created_at ASC, id ASC LIMIT :limit;
 
 -- name: any_claimable
@@ -222,6 +233,9 @@ WHERE n IN (
     ORDER BY next_attempt_at, n LIMIT :limit
 )
 RETURNING *;
+
+-- name: release_deliveries
+UPDATE webhook_outbox SET claimed_until = NULL WHERE claimed_until IS NOT NULL;
 
 -- name: delivery_done
 DELETE FROM webhook_outbox WHERE id = :id;

@@ -83,6 +83,8 @@ class SqlStore(RecordsMixin):
         else:
             direction, created_at, last_id = rows.decode_cursor(cursor)
         query = "list_older" if direction == rows.OLDER else "list_newer"
+        if owner is not None:
+            query += "_of_owner"
         with self.db.read() as tx:
             found = tx.all(query, owner=owner, created_at=created_at, id=last_id, limit=limit + 1)
         more = len(found) > limit
@@ -179,7 +181,7 @@ class SqlStore(RecordsMixin):
             row = tx.one("get_prediction", id=prediction_id)
             if row is None or row["status"] != Status.PROCESSING or row["worker_id"] != worker_id:
                 return False
-            self._requeue_or_end(tx, row, now, refund=1)
+            self._requeue_or_end(tx, row, now, refund=1, may_fail=False)
         return True
 
     # --- maintenance
@@ -193,7 +195,7 @@ class SqlStore(RecordsMixin):
         with self.db.write() as tx:
             expired = tx.all("expired_leases", now=now)
             for row in expired:
-                self._requeue_or_end(tx, row, now, refund=0)
+                self._requeue_or_end(tx, row, now, refund=0, may_fail=True)
             unclaimed = tx.all("overdue_unclaimed", now=now)
             for row in unclaimed:
                 self._complete(tx, row, Status.CANCELED, now, error=DEADLINE_ERROR)
@@ -204,21 +206,29 @@ class SqlStore(RecordsMixin):
         return len(expired) + len(unclaimed) + len(claimed)
 
     def release_leases(self) -> int:
+        """The claim counts as an attempt, but a killed service is not the prediction's fault:
+        it is always re-run (max_attempts guards against predictions that kill their worker,
+        which recover() sees as an expired lease). Deliveries a dead dispatcher had taken are
+        due again at once too."""
         now = time.time()
         with self.db.write() as tx:
             held = tx.all("all_leases")
             for row in held:
-                self._requeue_or_end(tx, row, now, refund=0)
+                self._requeue_or_end(tx, row, now, refund=0, may_fail=False)
+            tx.run("release_deliveries")
         return len(held)
 
-    def _requeue_or_end(self, tx: Session, row: Row, now: float, refund: int) -> None:
+    def _requeue_or_end(
+        self, tx: Session, row: Row, now: float, refund: int, may_fail: bool
+    ) -> None:
         """A claim ended without a result: re-run it, unless it was to be canceled anyway or
-        its workers keep dying (then it fails with the reason, not silently)."""
+        (`may_fail`) its workers keep dying: then it fails with the reason, not silently.
+        `refund` takes the claim back off the attempt count."""
         p = rows.prediction(row)
         if p.cancel_requested or (p.deadline is not None and now >= p.deadline):
             error = DEADLINE_ERROR if not p.cancel_requested else None
             self._complete(tx, row, Status.CANCELED, now, error=error)
-        elif p.attempts - refund >= self.max_attempts:
+        elif may_fail and p.attempts >= self.max_attempts:
             error = f"worker died while running this prediction ({p.attempts} attempts)"
             self._complete(tx, row, Status.FAILED, now, error=error)
         else:

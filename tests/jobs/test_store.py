@@ -248,3 +248,25 @@ def test_schema_creation_is_idempotent(store_url: str) -> None:
     s = open_store(store_url)
     assert len(s.list(None, None, 10).items) == 2
     s.close()
+
+
+def test_a_killed_service_never_fails_a_prediction_it_was_running(store: SqlStore) -> None:
+    p = store.submit(new_prediction())
+    for _ in range(5):  # more service restarts than max_attempts
+        assert store.claim("w", 600) is not None
+        store.release_leases()
+    assert store.get(p.id).status is Status.STARTING
+    assert store.get(p.id).attempts == 5
+
+
+def test_pages_of_one_owner_skip_other_owners(store: SqlStore) -> None:
+    mine = []
+    for i in range(6):
+        p = store.submit(new_prediction(owner="alice" if i % 2 else "bob"))
+        if i % 2:
+            mine.append(p.id)
+    page = store.list("alice", None, 2)
+    assert [p.id for p in page.items] == mine[::-1][:2]
+    rest = store.list("alice", page.next_cursor, 2)
+    assert [p.id for p in rest.items] == mine[::-1][2:] and rest.next_cursor is None
+    assert [p.id for p in store.list("alice", rest.previous_cursor, 2).items] == mine[::-1][:2]

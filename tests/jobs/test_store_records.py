@@ -100,3 +100,12 @@ def test_keys(store: SqlStore) -> None:
     assert store.key_for_hash("hash-1") is None and not store.has_keys()
     with pytest.raises(NotFound):
         store.revoke_key("nope")
+
+
+def test_release_leases_frees_deliveries_a_dead_dispatcher_held(store: SqlStore) -> None:
+    _owe_completed(store)
+    now = time.time()
+    [taken] = store.due_deliveries(now, 10)
+    assert store.due_deliveries(now, 10) == []
+    store.release_leases()  # serve starting again after a kill -9
+    assert [d.id for d in store.due_deliveries(now, 10)] == [taken.id]
