@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -114,3 +116,36 @@ def test_an_unreachable_receiver_is_retried_later_not_lost(store: SqlStore) -> N
     [owed] = store.deliveries_for(pid)
     assert owed.attempts == 1 and owed.first_attempt_at is not None
     assert owed.event == "completed"
+
+
+def test_redirects_are_not_followed(store: SqlStore) -> None:
+    hits: list[str] = []
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            hits.append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(307)
+            self.send_header("Location", "/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        pid = _owe(store, f"http://127.0.0.1:{server.server_address[1]}/hook")
+
+        def tried() -> bool:
+            rows = store.deliveries_for(pid)
+            return bool(rows) and rows[0].attempts >= 1
+
+        asyncio.run(_dispatch_until(store, tried))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert hits == ["/hook"]  # never /elsewhere
+    [owed] = store.deliveries_for(pid)
+    assert owed.attempts == 1  # a redirect is a failed delivery, retried later

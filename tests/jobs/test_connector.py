@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from dreamserve.jobs.connector import SqliteConnector, connect
+
+
+def test_only_sqlite_urls_are_accepted(tmp_path: Path) -> None:
+    assert connect(f"sqlite:///{tmp_path}/a.db").path == tmp_path / "a.db"
+    assert connect("sqlite:///data/x.db").path == Path("data/x.db")
+    with pytest.raises(ValueError, match="sqlite"):
+        connect("postgresql://localhost/db")
+
+
+def test_a_failed_write_rolls_back(tmp_path: Path) -> None:
+    db = SqliteConnector(tmp_path / "t.db")
+    db.script("schema")
+    with pytest.raises(RuntimeError), db.write() as tx:
+        tx.run("put_meta_if_absent", key="k", value="v")
+        raise RuntimeError("boom")
+    with db.read() as tx:
+        assert tx.one("get_meta", key="k") is None
+    with db.write() as tx:  # the connection is usable again
+        tx.run("put_meta_if_absent", key="k", value="v")
+    with db.read() as tx:
+        row = tx.one("get_meta", key="k")
+    assert row is not None and row["value"] == "v"
+    db.close()
+
+
+def test_each_thread_gets_its_own_connection_in_wal_mode(tmp_path: Path) -> None:
+    db = SqliteConnector(tmp_path / "t.db")
+    seen: list[int] = []
+
+    def use() -> None:
+        with db.read() as tx:
+            seen.append(id(tx.conn))
+            assert tx.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+    threads = [threading.Thread(target=use) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    use()
+    assert len(set(seen)) == 4
+    db.close()
