@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,10 +30,16 @@ class Session(Protocol):
 class Connector(Protocol):
     dialect: str
 
-    def read(self) -> Any:  # a context manager yielding a Session (autocommit reads)
+    def read(self) -> AbstractContextManager[Session]:
+        """Single statements, each consistent on its own (no transaction held open)."""
         ...
 
-    def write(self) -> Any:  # a context manager yielding a Session in one transaction
+    def write(self) -> AbstractContextManager[Session]:
+        """One write transaction: committed on exit, rolled back on an exception."""
+        ...
+
+    def script(self, name: str) -> None:
+        """Run a multi-statement block (the schema) in one transaction."""
         ...
 
     def close(self) -> None: ...

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dreamserve.jobs import outbox, rows
-from dreamserve.jobs.connector import Connector, Row, Session, SqliteConnector, connect
+from dreamserve.jobs.connector import Connector, Row, Session, connect
 from dreamserve.jobs.model import Claim, NewPrediction, NotFound, Page, Prediction
 from dreamserve.jobs.states import Status, check_transition
 from dreamserve.jobs.store_records import RecordsMixin
@@ -32,8 +32,7 @@ class SqlStore(RecordsMixin):
         self._create_schema()
 
     def _create_schema(self) -> None:
-        if isinstance(self.db, SqliteConnector):
-            self.db.script("schema")
+        self.db.script("schema")
         with self.db.write() as tx:
             row = tx.one("schema_version")
             if row is None:
@@ -110,8 +109,9 @@ class SqlStore(RecordsMixin):
             if status is Status.STARTING:
                 return self._complete(tx, row, Status.CANCELED, now)
             if status is Status.PROCESSING and not row["cancel_requested"]:
-                row = tx.one("flag_cancel", seq=_next_seq(tx), id=prediction_id)
-                assert row is not None
+                flagged = tx.one("flag_cancel", seq=_next_seq(tx), id=prediction_id)
+                assert flagged is not None
+                row = flagged
         return rows.prediction(row)
 
     # --- worker side
