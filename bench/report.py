@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-HEADER = "# Benchmarks\n\nEvery number here is written by a script in bench/; rerun it to refresh.\n"
+HEADER = (
+    "# Benchmarks\n\nEvery number here is written by a script in bench/; rerun it to refresh.\n"
+)
 
 
 def write_section(path: Path, title: str, body: str) -> None:

@@ -86,7 +86,13 @@ def ensure_cog() -> Path:
 
 def start_cog(python: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    env = {**os.environ, "PORT": str(port), "COG_PREDICT_TYPE_STUB": "cog_predictor.py:Predictor"}
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "COG_PREDICT_TYPE_STUB": "cog_predictor.py:Predictor",
+        # Cog starts its Python worker as `python` from PATH: make that the Cog venv.
+        "PATH": f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     proc = subprocess.Popen(
         [str(python), "-m", "cog.server.http", "--host", "127.0.0.1"],
         cwd=ROOT / "bench", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -123,7 +129,9 @@ def main() -> int:
     cog_proc, cog_url = start_cog(ensure_cog())
     try:
         for c in CONCURRENCY:
-            r = asyncio.run(drive(f"{cog_url}/predictions", {"input": {"prompt": "bench"}}, c, args.seconds))
+            r = asyncio.run(
+                drive(f"{cog_url}/predictions", {"input": {"prompt": "bench"}}, c, args.seconds)
+            )
             r.server = "cog"
             results.append(r)
     finally:

@@ -136,7 +136,9 @@ def train(
 
 @app.command("eval")
 def evaluate(
-    checkpoint: Annotated[Path | None, typer.Option(help="Defaults to the shipped weights.")] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Defaults to the shipped weights.")
+    ] = None,
     samples: Annotated[int, typer.Option(help="Held-out prompts per category.")] = 50,
     out: Annotated[Path, typer.Option(help="Where the report and grid go.")] = Path("eval"),
 ) -> None:

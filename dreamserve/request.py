@@ -14,7 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Size = Literal["1K", "2K", "4K", "custom"]
-AspectRatio = Literal["1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "21:9", "match_input_image"]
+AspectRatio = Literal[
+    "1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "21:9", "match_input_image"
+]
 OutputFormat = Literal["jpg", "png", "webp"]
 
 MAX_PROMPT_CHARS = 2000
@@ -83,8 +85,9 @@ class GenerationRequest(BaseModel):
     # A dialect-specific exact size (eachlabs presets such as square 512x512) that bypasses
     # the 1024-4096 custom range; None means "use size/aspect_ratio/width/height".
     preset: str | None = None
-    # How many input images this dialect allows (Replicate 10, runware 14).
-    max_input_images: int = Field(default=MAX_INPUT_IMAGES, ge=1, le=14, exclude=True)
+    # How many input images this dialect allows (Replicate 10, runware 14). Kept in the stored
+    # request so the worker's re-validation applies the same limit the dialect accepted.
+    max_input_images: int = Field(default=MAX_INPUT_IMAGES, ge=1, le=14)
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> GenerationRequest:

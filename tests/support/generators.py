@@ -32,7 +32,9 @@ class TestGenerator:
         self.step_seconds = step_seconds
         self.fail = fail
 
-    def generate(self, task: Task, on_progress: ProgressFn, should_cancel: CancelFn) -> list[Image.Image]:
+    def generate(
+        self, task: Task, on_progress: ProgressFn, should_cancel: CancelFn
+    ) -> list[Image.Image]:
         for step in range(1, self.steps + 1):
             if should_cancel():
                 raise Canceled()
@@ -54,7 +56,7 @@ def instant() -> TestGenerator:
 
 
 def slow() -> TestGenerator:
-    """Many short steps (DREAMSERVE_TEST_STEPS x DREAMSERVE_TEST_STEP_SECONDS): cancel, stream, crash tests."""
+    """DREAMSERVE_TEST_STEPS steps of DREAMSERVE_TEST_STEP_SECONDS: cancel, stream, crash tests."""
     steps = int(os.environ.get("DREAMSERVE_TEST_STEPS", "50"))
     seconds = float(os.environ.get("DREAMSERVE_TEST_STEP_SECONDS", "0.1"))
     return TestGenerator(steps=steps, step_seconds=seconds)

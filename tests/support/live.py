@@ -72,7 +72,9 @@ def wait_ready(server: LiveServer, timeout: float, want_workers: int = 1) -> Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"dreamserve exited with {server.process.returncode}:\n{server.log()}")
+            raise RuntimeError(
+                f"dreamserve exited with {server.process.returncode}:\n{server.log()}"
+            )
         try:
             r = httpx.get(f"{server.url}/health", timeout=1.0)
             if r.status_code == 200 and r.json().get("workers_alive", 0) >= want_workers:
