@@ -12,9 +12,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from dreamserve.config import Settings
 from dreamserve.jobs.model import Prediction
 from dreamserve.jobs.states import Status
-from dreamserve.jobs.store import SqlStore
+from dreamserve.jobs.store import SqlStore, open_store
 from tests.jobs.conftest import new_prediction
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,3 +95,38 @@ def test_sigterm_hands_the_prediction_back(store: SqlStore, store_url: str) -> N
         assert proc.wait(timeout=10) == 0
     back = store.get(p.id)
     assert back.status is Status.STARTING and back.attempts == 0
+
+
+def test_the_worker_command_releases_on_sigterm_and_a_new_one_finishes(tmp_path: Path) -> None:
+    """run_worker for real: the shipped Runner with a test generator, signals wired."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DREAMSERVE_DATA_DIR": str(tmp_path),
+        "DREAMSERVE_GENERATOR": "tests.support.generators:slow",
+        "DREAMSERVE_TEST_STEPS": "20",
+        "DREAMSERVE_TEST_STEP_SECONDS": "0.05",
+    }
+    cmd = [sys.executable, "-m", "dreamserve.cli", "worker"]
+    store = open_store(Settings.load(data_dir=tmp_path).store_url)
+    try:
+        request = {"prompt": "a fox", "size": "1K", "aspect_ratio": "1:1", "seed": 3}
+        p = store.submit(new_prediction(request=request))
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+        try:
+            _until(store, p.id, _computing)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+        assert store.get(p.id).status is Status.STARTING
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+        try:
+            done = _until(store, p.id, _ended, timeout=60)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+    finally:
+        store.close()
+    assert done.status is Status.SUCCEEDED, done.error
+    assert done.output == (f"outputs/{p.id}/output_0.jpg",)
+    assert "Using seed: 3" in done.logs
