@@ -143,6 +143,10 @@ class Store(Protocol):
         """Record progress/logs; returns whether the worker should cancel."""
         ...
 
+    def should_stop(self, prediction_id: str, worker_id: str) -> bool:
+        """The cheap check between steps: cancel asked for, deadline passed, or lease lost."""
+        ...
+
     def finish(
         self,
         prediction_id: str,

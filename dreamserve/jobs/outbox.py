@@ -50,11 +50,16 @@ def queue_event(
     )
 
 
-def queue_final(tx: Session, p: Prediction, now: float, throttled_at: float | None) -> None:
-    """The terminal events: `output` (if any), deferred events flushed with the final state so
-    nothing stale arrives after `completed`, then `completed`."""
+def queue_final(
+    tx: Session, p: Prediction, now: float, throttled_at: float | None, logged: bool
+) -> None:
+    """The terminal events: `logs` (if the end brought log lines) and `output` (if any),
+    deferred events flushed with the final state so nothing stale arrives after `completed`,
+    then `completed`. This last burst may come faster than the throttle: it is the end."""
     if not p.webhook:
         return
+    if logged:
+        queue_event(tx, p, "logs", now, throttled_at)
     if p.output:
         queue_event(tx, p, "output", now, throttled_at)
     tx.run("flush_deferred", prediction_id=p.id, snapshot=rows.snapshot_json(p), now=now)

@@ -164,7 +164,11 @@ WHERE id = :id AND worker_id = :worker_id AND status = 'processing';
 UPDATE predictions SET
     seq = :seq, progress_step = :step, progress_total = :total, logs = logs || :log
 WHERE id = :id AND worker_id = :worker_id AND status = 'processing'
-RETURNING *;
+RETURNING cancel_requested, deadline, webhook, webhook_events_filter;
+
+-- name: stop_state
+-- Only the few columns the worker's between-steps check needs: input can be megabytes.
+SELECT status, worker_id, cancel_requested, deadline FROM predictions WHERE id = :id;
 
 -- name: finish_prediction
 UPDATE predictions SET

@@ -42,11 +42,15 @@ def prediction(row: Row) -> Prediction:
         progress=None if step is None else (step, total),
         metrics=json.loads(row["metrics"]),
         webhook=row["webhook"],
-        webhook_events_filter=tuple(json.loads(row["webhook_events_filter"])),
+        webhook_events_filter=events_filter(row),
         cancel_after=row["cancel_after"],
         cancel_requested=bool(row["cancel_requested"]),
         attempts=row["attempts"],
     )
+
+
+def events_filter(row: Row) -> tuple[str, ...]:
+    return tuple(json.loads(row["webhook_events_filter"]))
 
 
 def snapshot_json(p: Prediction) -> str:

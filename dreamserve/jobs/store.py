@@ -149,10 +149,20 @@ class SqlStore(RecordsMixin):
             row = tx.one("record_progress", seq=_next_seq(tx), log=line, **args)
             if row is None:
                 return True  # the lease is gone: whoever holds it now does the work
-            p = rows.prediction(row)
-            if line:
-                outbox.queue_event(tx, p, "logs", now, row["webhook_throttled_at"])
-        return p.cancel_requested or (p.deadline is not None and now >= p.deadline)
+            # The full row (input can be megabytes of data URLs) only when a webhook needs it.
+            if line and row["webhook"] and "logs" in rows.events_filter(row):
+                full = tx.one("get_prediction", id=prediction_id)
+                assert full is not None
+                p = rows.prediction(full)
+                outbox.queue_event(tx, p, "logs", now, full["webhook_throttled_at"])
+        return _stop(row, now)
+
+    def should_stop(self, prediction_id: str, worker_id: str) -> bool:
+        with self.db.read() as tx:
+            row = tx.one("stop_state", id=prediction_id)
+        if row is None or row["status"] != Status.PROCESSING or row["worker_id"] != worker_id:
+            return True
+        return _stop(row, time.time())
 
     def finish(
         self,
@@ -264,7 +274,7 @@ class SqlStore(RecordsMixin):
         )
         assert done is not None
         p = rows.prediction(done)
-        outbox.queue_final(tx, p, now, done["webhook_throttled_at"])
+        outbox.queue_final(tx, p, now, done["webhook_throttled_at"], logged=bool(log))
         return p
 
     # --- change feed
@@ -304,6 +314,11 @@ def _next_seq(tx: Session) -> int:
     row = tx.one("next_seq")
     assert row is not None
     return int(row["value"])
+
+
+def _stop(row: Row, now: float) -> bool:
+    """A cancel was asked for, or the Cancel-After deadline passed."""
+    return bool(row["cancel_requested"]) or (row["deadline"] is not None and now >= row["deadline"])
 
 
 def _line(log: str | None) -> str:

@@ -99,12 +99,9 @@ class Job:
         if time.monotonic() - self.last_check >= CANCEL_CHECK_INTERVAL:
             self.last_check = time.monotonic()
             try:
-                current = self.store.get(self.id)
+                self.cancel_requested = self.store.should_stop(self.id, self.worker_id)
             except Exception:
                 log.exception("prediction %s: cancel flag not read", self.id)
-                return False
-            if current.cancel_requested or current.status is not Status.PROCESSING:
-                self.cancel_requested = True
         return self.cancel_requested
 
 

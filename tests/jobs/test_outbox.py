@@ -129,3 +129,11 @@ def test_finish_needs_a_terminal_status(store: SqlStore) -> None:
     store.claim("w", 30)
     with pytest.raises(ValueError, match="terminal"):
         store.finish(p.id, "w", Status.STARTING)
+
+
+def test_log_lines_that_come_with_finish_owe_a_logs_event(store: SqlStore) -> None:
+    p = store.submit(new_prediction(webhook=HOOK, webhook_events_filter=("logs",)))
+    store.claim("w", 30)
+    store.finish(p.id, "w", Status.SUCCEEDED, ["o.png"], log="Using seed: 3")
+    [logs] = store.deliveries_for(p.id)
+    assert logs.event == "logs" and logs.snapshot.logs == "Using seed: 3\n"

@@ -270,3 +270,18 @@ def test_pages_of_one_owner_skip_other_owners(store: SqlStore) -> None:
     rest = store.list("alice", page.next_cursor, 2)
     assert [p.id for p in rest.items] == mine[::-1][2:] and rest.next_cursor is None
     assert [p.id for p in store.list("alice", rest.previous_cursor, 2).items] == mine[::-1][:2]
+
+
+def test_should_stop_between_steps(store: SqlStore) -> None:
+    p = store.submit(new_prediction())
+    store.claim("w", 30)
+    assert store.should_stop(p.id, "w") is False
+    assert store.should_stop(p.id, "someone-else") is True  # not the lease holder
+    store.request_cancel(p.id)
+    assert store.should_stop(p.id, "w") is True
+    late = store.submit(new_prediction(cancel_after=5))
+    store.claim("w", 30)
+    with store.db.write() as tx:
+        tx.conn.execute("UPDATE predictions SET deadline = 0 WHERE id = ?", (late.id,))
+    assert store.should_stop(late.id, "w") is True
+    assert store.should_stop("nosuchprediction", "w") is True
