@@ -84,7 +84,7 @@ class WebhookDelivery:
     prediction_id: str
     event: str  # one of WEBHOOK_EVENTS
     url: str
-    snapshot: Prediction
+    snapshot: Prediction  # as it was at the event; its `request` is left empty
     attempts: int
     created_at: float
     first_attempt_at: float | None = None  # a completed event retries for minutes after this

@@ -137,3 +137,12 @@ def test_log_lines_that_come_with_finish_owe_a_logs_event(store: SqlStore) -> No
     store.finish(p.id, "w", Status.SUCCEEDED, ["o.png"], log="Using seed: 3")
     [logs] = store.deliveries_for(p.id)
     assert logs.event == "logs" and logs.snapshot.logs == "Using seed: 3\n"
+
+
+def test_snapshots_leave_out_the_canonical_request(store: SqlStore) -> None:
+    p = store.submit(
+        new_prediction(webhook=HOOK, input={"prompt": "x"}, request={"prompt": "x", "seed": 1})
+    )
+    store.request_cancel(p.id)
+    [completed] = store.deliveries_for(p.id)
+    assert completed.snapshot.input == {"prompt": "x"} and completed.snapshot.request == {}
