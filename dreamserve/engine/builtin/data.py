@@ -1,0 +1,123 @@
+"""Training batches: caption/task pools with cached text states, rendered and encoded on the fly.
+
+Pools are fixed by the config seed (so `evaluate` can regenerate them and hold their texts
+out); scenes are drawn fresh every time, so each cached caption is seen with many images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dreamserve.engine.builtin.captions import PromptSpec, random_spec, realize
+from dreamserve.engine.builtin.pairs import TaskSpec, edit_spec, realize_task, ref_spec
+from dreamserve.engine.builtin.render import Scene, render
+from dreamserve.engine.builtin.textenc import MAX_TOKENS, TEXT_DIM, TextEncoder
+
+# Token grids (width, height) per aspect ratio, each about 64 tokens of 16x16 input pixels.
+GRIDS: dict[str, tuple[int, int]] = {
+    "1:1": (8, 8),
+    "4:3": (9, 7),
+    "3:4": (7, 9),
+    "16:9": (11, 6),
+    "9:16": (6, 11),
+    "3:2": (10, 7),
+    "2:3": (7, 10),
+    "21:9": (12, 5),
+}
+PX = 16  # input pixels per latent token
+
+
+def grid_for(width: int, height: int) -> tuple[int, int]:
+    """The training grid whose aspect ratio is closest to width:height."""
+    r = width / height
+    return min(GRIDS.values(), key=lambda g: abs(np.log(g[0] / g[1]) - np.log(r)))
+
+
+def to_tensor(img: object) -> torch.Tensor:
+    """PIL RGB -> (3, H, W) float in [-1, 1]."""
+    a = np.asarray(img, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(a).permute(2, 0, 1).contiguous()
+
+
+def render_batch(scenes: list[Scene], gw: int, gh: int, scale: int = 1) -> torch.Tensor:
+    """(B, 3, gh*16*scale, gw*16*scale) in [-1, 1], antialiased by 2x supersampling."""
+    H, W = gh * PX * scale, gw * PX * scale
+    imgs = np.stack([np.asarray(render(s, W, H, supersample=2)) for s in scenes])  # (B, H, W, 3) uint8
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float()
+    return x.mul_(1 / 127.5).sub_(1.0)
+
+
+@dataclass
+class Pools:
+    t2i: list[PromptSpec]
+    edit: list[TaskSpec]
+    ref: list[TaskSpec]
+    texts: list[str]  # unique texts; row i of `states`
+    states: torch.Tensor  # (N, MAX_TOKENS, 384) float16
+    lengths: torch.Tensor  # (N,) real tokens per text
+    index: dict[str, int]
+
+    def text_batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.tensor([self.index[t] for t in texts])
+        L = int(self.lengths[rows].max())
+        states = self.states[rows, :L].float()
+        mask = torch.arange(L)[None] < self.lengths[rows][:, None]
+        return states, mask
+
+
+def make_specs(seed: int, n_t2i: int, n_edit: int, n_ref: int) -> tuple[list[PromptSpec], list[TaskSpec], list[TaskSpec]]:
+    rnd = random.Random(seed)
+    return (
+        [random_spec(rnd) for _ in range(n_t2i)],
+        [edit_spec(rnd) for _ in range(n_edit)],
+        [ref_spec(rnd) for _ in range(n_ref)],
+    )
+
+
+def build_pools(seed: int, n_t2i: int, n_edit: int, n_ref: int, cache_dir: Path, log: object = print) -> Pools:
+    t2i, edit, ref = make_specs(seed, n_t2i, n_edit, n_ref)
+    texts = sorted({s.text for s in t2i} | {s.text for s in edit} | {s.text for s in ref})
+    key = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+    cache = cache_dir / f"text_states_{key}.pt"
+    if cache.exists():
+        saved = torch.load(cache)
+        states, lengths = saved["states"], saved["lengths"]
+    else:
+        enc = TextEncoder()
+        states = torch.zeros(len(texts), MAX_TOKENS, TEXT_DIM, dtype=torch.float16)
+        lengths = torch.zeros(len(texts), dtype=torch.long)
+        for i in range(0, len(texts), 128):
+            s, m = enc(texts[i : i + 128])
+            states[i : i + len(s), : s.shape[1]] = s.half()
+            lengths[i : i + len(s)] = m.sum(1)
+            if i % 2048 == 0:
+                log(f"text states {i}/{len(texts)}")  # type: ignore[operator]
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({"states": states, "lengths": lengths}, cache)
+    return Pools(t2i, edit, ref, texts, states, lengths, {t: i for i, t in enumerate(texts)})
+
+
+@dataclass
+class Batch:
+    target: list[Scene]
+    inputs: list[list[Scene]]  # per input-image slot, one scene per sample
+    texts: list[str]
+
+
+def sample_batch(pools: Pools, kind: str, size: int, rnd: random.Random) -> Batch:
+    """kind: 't2i' | 'edit' | 'ref'. All samples of a batch share the number of input images."""
+    if kind == "t2i":
+        specs = [rnd.choice(pools.t2i) for _ in range(size)]
+        return Batch([realize(s, rnd) for s in specs], [], [s.text for s in specs])
+    pool = pools.edit if kind == "edit" else pools.ref
+    n_in = len(rnd.choice(pool).backgrounds)
+    chosen = [s for s in (rnd.choice(pool) for _ in range(size * 4)) if len(s.backgrounds) == n_in][:size]
+    drawn = [realize_task(s, rnd) for s in chosen]
+    inputs = [[d[0][k] for d in drawn] for k in range(n_in)]
+    return Batch([d[1] for d in drawn], inputs, [s.text for s in chosen])

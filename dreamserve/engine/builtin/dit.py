@@ -1,0 +1,172 @@
+"""The diffusion transformer: flow matching over autoencoder latents, one sequence for everything.
+
+Sequence = [text tokens | reference-image latents ... | noisy target latents]. Text tokens are
+MiniLM states projected to the model width; every image token gets a 2D position embedding of
+its *fractional* position (so any aspect-ratio grid shares one coordinate frame) plus an
+embedding saying which image it belongs to (target, image 1, image 2, ...). Editing and
+multi-reference generation are therefore the same network as text-to-image (in-context
+conditioning, as in FLUX Kontext). Time and the pooled text drive adaLN in every block.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dreamserve.engine.builtin.textenc import TEXT_DIM
+
+# ---------------------------------------------------------------- blocks
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        # mask: (B, 1, 1, N) True = attend; padding text tokens are never attended to.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, D/H)
+        return self.proj(y.transpose(1, 2).reshape(B, N, D))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with adaLN-Zero modulation from (time, pooled text)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.ada = nn.Linear(dim, 6 * dim)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        s1, sc1, g1, s2, sc2, g2 = self.ada(F.silu(c)).chunk(6, dim=-1)  # each (B, D)
+        x = x + g1[:, None] * self.attn(modulate(self.norm1(x), s1, sc1), mask)
+        return x + g2[:, None] * self.mlp(modulate(self.norm2(x), s2, sc2))
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """t in [0, 1] (B,) -> (B, dim) sinusoidal features."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+    args = (t[:, None].float() * 1000.0) * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def grid_pos_embedding(gh: int, gw: int, dim: int) -> torch.Tensor:
+    """(gh*gw, dim) 2D sin-cos embedding of each token's fractional centre, scaled to 0..8."""
+    ys = (torch.arange(gh, dtype=torch.float32) + 0.5) / gh * 8.0
+    xs = (torch.arange(gw, dtype=torch.float32) + 0.5) / gw * 8.0
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    quarter = dim // 4
+    freqs = torch.exp(-math.log(100.0) * torch.arange(quarter, dtype=torch.float32) / quarter) * math.pi
+    parts = []
+    for coord in (xx.reshape(-1), yy.reshape(-1)):
+        a = coord[:, None] * freqs[None]
+        parts += [torch.sin(a), torch.cos(a)]
+    return torch.cat(parts, dim=-1)
+
+
+# ---------------------------------------------------------------- config
+
+
+@dataclass
+class DiTConfig:
+    latent_ch: int = 16
+    dim: int = 256
+    depth: int = 6
+    heads: int = 4
+    mlp_ratio: float = 3.0
+    max_images: int = 4  # target + up to 3 references per forward during training
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> DiTConfig:
+        return cls(**d)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- model
+
+
+class DiT(nn.Module):
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.dim
+        self.latent_in = nn.Linear(cfg.latent_ch, D)
+        self.text_in = nn.Sequential(nn.LayerNorm(TEXT_DIM), nn.Linear(TEXT_DIM, D))
+        self.image_id = nn.Embedding(cfg.max_images + 8, D)  # 0 = target, k = input image k
+        self.time_mlp = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
+        self.pool_mlp = nn.Sequential(nn.Linear(TEXT_DIM, D), nn.SiLU(), nn.Linear(D, D))
+        self.blocks = nn.ModuleList([Block(D, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
+        self.norm_out = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Linear(D, 2 * D)
+        self.out = nn.Linear(D, cfg.latent_ch)
+        for m in (self.ada_out, self.out):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def _image_tokens(self, z: torch.Tensor, index: int) -> torch.Tensor:
+        # z: (B, C, gh, gw) -> (B, gh*gw, D)
+        B, C, gh, gw = z.shape
+        tok = self.latent_in(z.flatten(2).transpose(1, 2))
+        pos = grid_pos_embedding(gh, gw, self.cfg.dim).to(tok.dtype)
+        return tok + pos[None] + self.image_id.weight[index][None, None]
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, C, gh, gw) noisy target latents
+        t: torch.Tensor,  # (B,) flow time, 1 = pure noise
+        text: torch.Tensor,  # (B, L, 384) MiniLM states
+        text_mask: torch.Tensor,  # (B, L) bool, True = real token
+        refs: list[torch.Tensor] | None = None,  # each (B, C, gh', gw') clean input latents
+    ) -> torch.Tensor:
+        B, C, gh, gw = x.shape
+        refs = refs or []
+        # Pooled text for adaLN: mean over real tokens (B, 384).
+        m = text_mask.float()[..., None]
+        pooled = (text * m).sum(1) / m.sum(1).clamp(min=1.0)
+        c = self.time_mlp(timestep_embedding(t, self.cfg.dim)) + self.pool_mlp(pooled)  # (B, D)
+
+        seq = [self.text_in(text)]  # (B, L, D)
+        masks = [text_mask]
+        for i, r in enumerate(refs):
+            seq.append(self._image_tokens(r, i + 1))  # (B, gh'*gw', D)
+            masks.append(torch.ones(B, r.shape[2] * r.shape[3], dtype=torch.bool))
+        seq.append(self._image_tokens(x, 0))  # (B, gh*gw, D), always last
+        masks.append(torch.ones(B, gh * gw, dtype=torch.bool))
+        h = torch.cat(seq, dim=1)  # (B, N, D)
+        attn_mask = torch.cat(masks, dim=1)[:, None, None, :]  # (B, 1, 1, N)
+
+        for block in self.blocks:
+            h = block(h, c, attn_mask)
+        shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=-1)
+        h = modulate(self.norm_out(h[:, -gh * gw :]), shift, scale)  # target tokens only
+        return self.out(h).transpose(1, 2).reshape(B, C, gh, gw)  # predicted velocity
+
+
+
+def null_condition(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The "no prompt" text input for classifier-free guidance: one all-zero token.
+
+    Training replaces 10% of prompts with it, so the model learns the unconditional velocity.
+    """
+    return torch.zeros(batch, 1, TEXT_DIM), torch.ones(batch, 1, dtype=torch.bool)

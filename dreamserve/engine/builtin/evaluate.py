@@ -1,0 +1,193 @@
+"""`dreamserve eval`: score the model on held-out prompts with the automatic checker.
+
+Prompts and tasks come from a seed the training never used, and any whose text is in the
+training pools is skipped, so every scored prompt is unseen. Images are generated at the
+decoder's native 256 px (1:1) and checked there; edits are scored against the input image.
+Writes report.json, report.md (the table) and grid.png (samples with their prompts).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from dreamserve.engine.builtin import weights
+from dreamserve.engine.builtin.captions import PromptSpec, count_spec, realize, relation_spec, single_spec
+from dreamserve.engine.builtin.checker import background_of, cell_of, find_objects, psnr, scene_found
+from dreamserve.engine.builtin.data import make_specs
+from dreamserve.engine.builtin.pairs import EDIT_OPS, REF_OPS, TaskSpec, edit_spec, realize_task, ref_spec
+from dreamserve.engine.builtin.render import Scene, object_mask, render
+from dreamserve.engine.builtin.sample import Sampler, SampleSpec
+from dreamserve.engine.builtin.textenc import TextEncoder
+
+EVAL_SEED = 987_654  # never used by training (training pools use TrainConfig.seed)
+SIZE = 256
+TARGETS = {
+    "color_shape": 0.95,
+    "position": 0.90,
+    "relation": 0.80,
+    "count": 0.80,
+    "edit": 0.85,
+    "edit_psnr_db": 28.0,
+    "reference": 0.75,
+}
+
+
+@dataclass
+class Tally:
+    ok: dict[str, list[bool]] = field(default_factory=dict)
+    psnrs: list[float] = field(default_factory=list)
+    samples: list[tuple[str, Image.Image]] = field(default_factory=list)
+
+    def add(self, key: str, good: bool) -> None:
+        self.ok.setdefault(key, []).append(bool(good))
+
+
+def _held_out(make: object, n: int, seen: set[str], rnd: random.Random) -> list[object]:
+    out: list[object] = []
+    while len(out) < n:
+        s = make(rnd)  # type: ignore[operator]
+        if s.text not in seen:
+            out.append(s)
+    return out
+
+
+def check_t2i(img: Image.Image, spec: PromptSpec, t: Tally) -> None:
+    found = find_objects(img, sorted({o.color for o in spec.objs}))
+    if spec.kind == "single":
+        o = spec.objs[0]
+        hits = [f for f in found if f.color == o.color and f.shape == o.shape]
+        t.add("color_shape", bool(hits))
+        if o.pos is not None:
+            t.add("position", any(cell_of(f.x, f.y) == o.pos for f in hits))
+    elif spec.kind == "relation":
+        a, b = spec.objs
+        fa = [f for f in found if f.color == a.color and f.shape == a.shape]
+        fb = [f for f in found if f.color == b.color and f.shape == b.shape]
+        good = False
+        if fa and fb:
+            dx, dy = fa[0].x - fb[0].x, fa[0].y - fb[0].y
+            good = {"above": dy < -0.05, "below": dy > 0.05, "left of": dx < -0.05, "right of": dx > 0.05}[spec.relation or ""]
+        t.add("relation", good)
+    else:
+        o = spec.objs[0]
+        t.add("count", sum(f.color == o.color for f in found) == spec.count)
+
+
+def _changed_region(src: Scene, tgt: Scene, n: int) -> np.ndarray:
+    """Pixels an edit may change: where input and target renders differ, grown by 3 px."""
+    a = np.asarray(render(src, n, n), dtype=np.int16)
+    b = np.asarray(render(tgt, n, n), dtype=np.int16)
+    return ndimage.binary_dilation(np.abs(a - b).sum(-1) > 0, iterations=3)
+
+
+def check_task(img: Image.Image, spec: TaskSpec, inputs: list[Scene], tgt: Scene, t: Tally) -> None:
+    good = scene_found(img, tgt)
+    if spec.op == "background" or spec.op == "onto":
+        good = good and background_of(img, tgt) == tgt.background
+    if spec.op in REF_OPS:
+        t.add("reference", good)
+        return
+    t.add("edit", good)
+    t.add(f"edit:{spec.op}", good)
+    if spec.op == "background":  # the objects are what must stay: score their pixels
+        keep = np.zeros((SIZE, SIZE), bool)
+        for o in inputs[0].objects:
+            keep |= ndimage.binary_erosion(object_mask(o, SIZE, SIZE), iterations=2)
+    else:
+        keep = ~_changed_region(inputs[0], tgt, SIZE)
+    t.psnrs.append(psnr(img, render(inputs[0], SIZE, SIZE, 2), keep))
+
+
+def evaluate(sampler: Sampler, samples: int, seen: set[str], steps: int = 10) -> Tally:
+    rnd = random.Random(EVAL_SEED)
+    t = Tally()
+    t2i = _held_out(single_spec, samples, seen, rnd) + _held_out(relation_spec, samples, seen, rnd)
+    t2i += _held_out(count_spec, samples, seen, rnd)
+    for i, spec in enumerate(t2i):
+        img = sampler(SampleSpec(spec.text, 1000 + i, SIZE, SIZE, 2.5, steps), [], lambda: None)  # type: ignore[union-attr]
+        check_t2i(img, spec, t)  # type: ignore[arg-type]
+        if i % max(samples, 1) < 4:
+            t.samples.append((spec.text, img))  # type: ignore[union-attr]
+    per_op = max(samples // 3, 2)
+    tasks = [edit_spec(rnd, op) for op in EDIT_OPS for _ in range(per_op)]
+    tasks += [ref_spec(rnd, op) for op in REF_OPS for _ in range(per_op)]
+    for i, spec in enumerate(tasks):
+        if spec.text in seen and spec.op not in REF_OPS:
+            continue  # reference instructions are few fixed sentences: their images are unseen
+        inputs, tgt = realize_task(spec, rnd)
+        imgs = [render(s, SIZE, SIZE, 2) for s in inputs]
+        out = sampler(SampleSpec(spec.text, 5000 + i, SIZE, SIZE, 2.5, steps), imgs, lambda: None)
+        check_task(out, spec, inputs, tgt, t)
+        if i % per_op == 0:
+            t.samples.append((spec.text, _strip([*imgs, out])))
+    return t
+
+
+def _strip(imgs: list[Image.Image]) -> Image.Image:
+    out = Image.new("RGB", (SIZE * len(imgs), SIZE), "white")
+    for k, im in enumerate(imgs):
+        out.paste(im, (k * SIZE, 0))
+    return out
+
+
+def grid(samples: list[tuple[str, Image.Image]], cols: int = 4) -> Image.Image:
+    cell_w = max(im.width for _, im in samples)
+    rows = [samples[i : i + cols] for i in range(0, len(samples), cols)]
+    g = Image.new("RGB", (cell_w * cols, (SIZE + 28) * len(rows)), "white")
+    d = ImageDraw.Draw(g)
+    for r, row in enumerate(rows):
+        for c, (text, im) in enumerate(row):
+            scale = min(1.0, cell_w / im.width)
+            im2 = im.resize((int(im.width * scale), int(im.height * scale))) if scale < 1 else im
+            g.paste(im2, (c * cell_w, r * (SIZE + 28)))
+            d.text((c * cell_w + 4, r * (SIZE + 28) + SIZE + 6), text[:60], fill=(0, 0, 0))
+    return g
+
+
+def table(t: Tally) -> dict[str, float]:
+    rows = {k: float(np.mean(v)) for k, v in sorted(t.ok.items())}
+    rows["edit_psnr_db"] = float(np.median(t.psnrs)) if t.psnrs else 0.0
+    return rows
+
+
+def markdown(rows: dict[str, float], counts: dict[str, int]) -> str:
+    lines = ["| metric | result | target | met |", "| --- | --- | --- | --- |"]
+    for k, v in rows.items():
+        target = TARGETS.get(k)
+        shown = f"{v:.1f} dB" if k.endswith("_db") else f"{v:.1%} (n={counts.get(k, 0)})"
+        tgt = "" if target is None else (f">= {target:.0f} dB" if k.endswith("_db") else f">= {target:.0%}")
+        met = "" if target is None else ("yes" if v >= target else "no")
+        lines.append(f"| {k} | {shown} | {tgt} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(checkpoint: Path | None = None, samples: int = 50, out: Path = Path("eval")) -> int:
+    torch.manual_seed(0)
+    src = checkpoint if checkpoint is not None else weights.PACKAGE_WEIGHTS
+    if checkpoint is not None and checkpoint.is_file():
+        src = checkpoint.parent / "weights"  # a run's ckpt.pt: score its exported EMA weights
+    ae, dit, meta = weights.load(src)
+    seed = int(meta.get("seed", 1234))
+    t2i, edit, ref = make_specs(seed, 9000, 4500, 1500)
+    seen = {s.text for s in t2i} | {s.text for s in edit}
+    start = time.monotonic()
+    tally = evaluate(Sampler(ae, dit, TextEncoder()), samples, seen)
+    rows = table(tally)
+    counts = {k: len(v) for k, v in tally.ok.items()} | {"edit_psnr_db": len(tally.psnrs)}
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"weights": str(src), "meta": meta, "samples": samples, "seconds": round(time.monotonic() - start, 1), "results": rows, "counts": counts}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(markdown(rows, counts))
+    grid(tally.samples).save(out / "grid.png")
+    print(markdown(rows, counts))
+    print(f"wrote {out / 'report.json'}, {out / 'report.md'}, {out / 'grid.png'}")
+    return 0

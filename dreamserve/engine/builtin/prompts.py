@@ -1,0 +1,157 @@
+"""Prompt handling before sampling: `enhance` (vague words -> the caption grammar) and `plan`
+(one set prompt -> one prompt per image). Both are rules over the model's small vocabulary,
+so they are deterministic and explainable; they never invent objects the prompt did not name.
+"""
+
+from __future__ import annotations
+
+import re
+
+from dreamserve.engine.builtin.captions import DEFAULT_ICON_COLOR, NUMBERS
+from dreamserve.engine.builtin.render import BACKGROUNDS, COLORS, PLAIN, SHAPES
+
+SYNONYMS: dict[str, str] = {
+    "crimson": "red", "scarlet": "red", "ruby": "red", "navy": "blue", "azure": "blue",
+    "violet": "purple", "lilac": "purple", "magenta": "pink", "rose": "pink", "grey": "gray",
+    "silver": "gray", "turquoise": "cyan", "teal": "cyan", "aqua": "cyan", "golden": "yellow",
+    "gold": "yellow", "lime": "green", "emerald": "green", "chocolate": "brown", "tan": "brown",
+    "ball": "circle", "dot": "circle", "disc": "circle", "disk": "circle", "ring": "circle",
+    "box": "square", "block": "square", "cube": "square", "rectangle": "square", "pyramid": "triangle",
+    "hex": "hexagon", "home": "house", "cottage": "house", "hut": "house", "cabin": "house",
+    "blossom": "flower", "daisy": "flower", "tulip": "flower", "bush": "tree", "pine": "tree",
+    "big": "large", "huge": "large", "giant": "large", "tiny": "small", "little": "small",
+    "mid-sized": "medium", "crescent": "moon",
+}
+BG_KEYWORDS: list[tuple[str, str]] = [
+    ("night", "night sky"), ("stars", "night sky"), ("starry", "night sky"), ("sunset", "sunset"),
+    ("dusk", "sunset"), ("evening", "sunset"), ("beach", "sea and beach"), ("sea", "sea and beach"),
+    ("ocean", "sea and beach"), ("meadow", "grass field"), ("grass", "grass field"), ("field", "grass field"),
+    ("desert", "desert"), ("dunes", "desert"), ("snow", "snow"), ("winter", "snow"), ("sky", "day sky"),
+]
+POS_X = {"left": "left", "right": "right", "center": "center", "centre": "center", "middle": "center"}
+POS_Y = {"top": "top", "upper": "top", "bottom": "bottom", "lower": "bottom"}
+RELS = [("to the left of", "left of"), ("left of", "left of"), ("to the right of", "right of"),
+        ("right of", "right of"), ("above", "above"), ("over", "above"), ("on top of", "above"),
+        ("below", "below"), ("under", "below"), ("beneath", "below")]
+WORD_NUMS = {w: n for n, w in NUMBERS.items()} | {"five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
+PLURAL = {s + "s": s for s in SHAPES}
+
+
+def normalize(prompt: str) -> str:
+    """Lower case, synonyms replaced by the model's own words, plurals singular."""
+    words = re.findall(r"[a-z0-9\-]+|[^a-z0-9\-\s]", prompt.lower())
+    out = []
+    for w in words:
+        base = w[:-1] if w.endswith("s") and w[:-1] in SYNONYMS else w
+        out.append(SYNONYMS.get(base, w))
+    return " ".join(out)
+
+
+def _background(text: str) -> str | None:
+    for name in PLAIN:
+        if re.search(rf"\b(plain )?{name} background\b", text):
+            return name
+    for key, name in BG_KEYWORDS:
+        if re.search(rf"\b{key}\b", text):
+            return name
+    return None
+
+
+def _objects(text: str) -> list[tuple[int, str | None, str | None, str]]:
+    """(count, size, colour, shape) for each shape mentioned, in order."""
+    nouns = "|".join(sorted(set(SHAPES) | set(PLURAL), key=len, reverse=True))
+    pat = rf"(?:\b(\d+|{'|'.join(WORD_NUMS)}|a|an|one)\s+)?(?:(small|medium|large)\s+)?(?:({'|'.join(COLORS)})\s+)?\b({nouns})\b"
+    found = []
+    for m in re.finditer(pat, text):
+        num, size, color, noun = m.groups()
+        count = int(num) if num and num.isdigit() else WORD_NUMS.get(num or "", 1)
+        found.append((max(1, min(count, 4)), size, color, PLURAL.get(noun, noun)))
+    return found
+
+
+def _position(text: str) -> str:
+    xs = [POS_X[w] for w in re.findall(r"\b(left|right|center|centre|middle)\b", text)]
+    ys = [POS_Y[w] for w in re.findall(r"\b(top|upper|bottom|lower)\b", text)]
+    x, y = (xs[0] if xs else "center"), (ys[0] if ys else "middle")
+    if not xs and not ys:
+        return ""
+    if (x, y) == ("center", "middle"):
+        return "in the center"
+    if y == "middle":
+        return f"on the {x}"
+    return f"at the {y}" if x == "center" else f"at the {y} {x}"
+
+
+def enhance(prompt: str) -> str:
+    """Rewrite a text-to-image prompt into the caption grammar; unchanged if no shape is named."""
+    text = normalize(prompt)
+    objs = _objects(text)
+    if not objs:
+        return prompt
+    bg = _background(text) or "white"
+    bgp = f"on a plain {bg} background" if bg in PLAIN else _bg_words(bg)
+
+    def noun(o: tuple[int, str | None, str | None, str], with_size: bool = True) -> str:
+        _, size, color, shape = o
+        color = color or DEFAULT_ICON_COLOR.get(shape, "red")
+        return " ".join(w for w in ((size if with_size else None), color, shape) if w)
+
+    if len(objs) >= 2:
+        for phrase, rel in RELS:
+            if phrase in text:
+                return f"a {noun(objs[0], False)} {rel} a {noun(objs[1], False)} {bgp}"
+    count, size, color, shape = objs[0]
+    if count > 1:
+        return f"{NUMBERS[count]} {color or DEFAULT_ICON_COLOR.get(shape, 'red')} {shape}s {bgp}"
+    where = _position(text.replace(" left of", "").replace(" right of", ""))
+    return " ".join(w for w in ("a", noun(objs[0]), where, bgp) if w)
+
+
+def _bg_words(bg: str) -> str:
+    return {"day sky": "in a blue day sky", "night sky": "in a night sky with stars", "sunset": "at sunset",
+            "grass field": "on a grass field", "sea and beach": "at the beach by the sea",
+            "desert": "in the desert", "snow": "in the snow"}[bg]
+
+
+def plan(prompt: str, max_images: int) -> list[str]:
+    """One prompt per image of a sequential set (at most max_images, at least one)."""
+    text = prompt.strip()
+    body = text.split(":", 1)[1] if ":" in text else text
+    if ";" in body:
+        parts = [p.strip() for p in body.split(";") if p.strip()]
+        return parts[:max_images] or [text]
+    low = normalize(text)
+    m = re.match(rf"^(?:a set of |a series of )?(\d+|{'|'.join(WORD_NUMS)})\s+(?:images?|pictures?|frames?)\s+(?:of|showing)\s+(.*)$", low)
+    n = max_images
+    subject = low
+    if m:
+        n = min(max_images, int(m.group(1)) if m.group(1).isdigit() else WORD_NUMS[m.group(1)])
+        subject = m.group(2)
+    return _vary(subject, max(n, 1))
+
+
+def _vary(subject: str, n: int) -> list[str]:
+    """Split a 'moving from A to B' or 'in different colours/backgrounds' subject into n prompts."""
+    move = re.search(r"\bmoving from (?:the )?(left|right|top|bottom) to (?:the )?(left|right|top|bottom)\b", subject)
+    if move:
+        base = subject[: move.start()].strip()
+        a, b = move.groups()
+        axis = ["left", "center", "right"] if a in ("left", "right") else ["top", "middle", "bottom"]
+        if a in ("right", "bottom"):
+            axis.reverse()
+        cells = [axis[round(i * 2 / max(n - 1, 1))] for i in range(n)]
+        return [f"{base} {_cell_words(c)}" for c in cells]
+    if re.search(r"\bdifferent colou?rs\b", subject):
+        base = re.sub(r"\s*\bin different colou?rs\b", "", subject)
+        shape = next((s for s in SHAPES if s in base), "circle")
+        palette = [c for c in COLORS if c not in ("white", "black")]
+        return [re.sub(rf"\b({'|'.join(COLORS)}) {shape}", shape, base).replace(shape, f"{palette[i % len(palette)]} {shape}", 1) for i in range(n)]
+    if re.search(r"\bdifferent (backgrounds|places|scenes)\b", subject):
+        base = re.sub(r"\s*\b(on|in|at) different (backgrounds|places|scenes)\b", "", subject)
+        scenic = [b for b in BACKGROUNDS if b not in PLAIN]
+        return [f"{base} {_bg_words(scenic[i % len(scenic)])}" for i in range(n)]
+    return [subject] * n
+
+
+def _cell_words(cell: str) -> str:
+    return {"center": "in the center", "middle": "in the center"}.get(cell, f"on the {cell}" if cell in ("left", "right") else f"at the {cell}")
