@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -47,4 +48,30 @@ def test_each_thread_gets_its_own_connection_in_wal_mode(tmp_path: Path) -> None
         t.join()
     use()
     assert len(set(seen)) == 4
+    db.close()
+
+
+def test_busy_writes_are_retried_until_the_lock_frees(tmp_path: Path) -> None:
+    db = SqliteConnector(tmp_path / "t.db")
+    db.script("schema")
+    other = sqlite3.connect(tmp_path / "t.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.1, lambda: other.execute("COMMIT")).start()
+    with db.write() as tx:  # would raise "database is locked" without the retry
+        tx.run("put_meta_if_absent", key="k", value="v")
+    with db.read() as tx:
+        assert tx.one("get_meta", key="k") is not None
+    other.close()
+    db.close()
+
+
+def test_busy_gives_up_after_the_timeout(tmp_path: Path) -> None:
+    db = SqliteConnector(tmp_path / "t.db", busy_timeout_ms=50)
+    db.script("schema")
+    other = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError, match="locked"), db.write():
+        pass
+    other.execute("ROLLBACK")
+    other.close()
     db.close()
