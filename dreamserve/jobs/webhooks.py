@@ -140,15 +140,24 @@ class _Dispatcher:
         return sum(len(g) for g in groups.values())
 
     async def _send_in_order(self, group: list[WebhookDelivery]) -> None:
-        """One prediction's deliveries go one after another, so `completed` arrives last."""
+        """One prediction's due deliveries go one after another, so `completed` normally
+        arrives last (best effort: a failed earlier event is retried after it)."""
         try:
             async with self.slots:
                 for d in group:
                     await self._deliver(d)
-        finally:
+        finally:  # canceled at shutdown: unsent rows are claimed in the store, due again later
             self.in_flight.difference_update(d.id for d in group)
 
     async def _deliver(self, d: WebhookDelivery) -> None:
+        try:
+            await self._attempt(d)
+        finally:
+            # Its outcome is recorded: when due again the store hands it out again, and it must
+            # not be skipped as "in flight" (it would stay claimed, unsent, for a minute).
+            self.in_flight.discard(d.id)
+
+    async def _attempt(self, d: WebhookDelivery) -> None:
         error = await self._post(d)
         try:
             if error is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import socket
 import threading
@@ -10,6 +11,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 
 from dreamserve.jobs import webhooks
@@ -92,13 +94,13 @@ def test_dispatcher_retries_until_the_receiver_recovers(
         asyncio.run(_dispatch_until(store, lambda: len(receiver.accepted()) == 2))
         got = receiver.deliveries
     assert [d.status_sent for d in got[:2]] == [500, 500]
-    accepted = [d for d in got if d.status_sent == 200]
-    assert [d.json["status"] for d in accepted] == ["processing", "succeeded"]
-    assert accepted[-1].json == {"id": pid, "status": "succeeded", "output": ["o.png"]}
+    accepted = {d.json["status"]: d for d in got if d.status_sent == 200}
+    assert sorted(accepted) == ["processing", "succeeded"]  # retries may reorder them
+    assert accepted["succeeded"].json == {"id": pid, "status": "succeeded", "output": ["o.png"]}
     for d in got:
         assert webhooks.verify(SECRET, d.headers, d.body)
     # A retry is the same message: the same webhook-id, so receivers can deduplicate.
-    assert got[0].headers["webhook-id"] in {d.headers["webhook-id"] for d in accepted}
+    assert got[0].headers["webhook-id"] in {d.headers["webhook-id"] for d in accepted.values()}
     assert store.deliveries_for(pid) == []  # delivered rows leave the outbox
 
 
@@ -149,3 +151,37 @@ def test_redirects_are_not_followed(store: SqlStore) -> None:
     assert hits == ["/hook"]  # never /elsewhere
     [owed] = store.deliveries_for(pid)
     assert owed.attempts == 1  # a redirect is a failed delivery, retried later
+
+
+def test_a_retry_due_while_its_group_is_still_sending_is_not_stranded(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhooks, "BACKOFF_START", 0.001)
+    calls: list[str] = []
+
+    async def receiver(request: httpx.Request) -> httpx.Response:
+        event = json.loads(request.content)["status"]
+        calls.append(event)
+        if len(calls) == 1:
+            return httpx.Response(500)  # the start event fails and is due again at once...
+        if event == "succeeded":
+            await asyncio.sleep(0.3)  # ...while `completed` of the same group is still sending
+        return httpx.Response(200)
+
+    pid = _owe(store, "http://127.0.0.1:9/hook", ("start", "completed"))
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        async with httpx.AsyncClient(transport=httpx.MockTransport(receiver)) as client:
+            task = asyncio.create_task(
+                webhooks.run_dispatcher(store, _render, SECRET, stop, client=client)
+            )
+            deadline = time.monotonic() + 5
+            while store.deliveries_for(pid) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            stop.set()
+            await task
+
+    asyncio.run(run())
+    assert store.deliveries_for(pid) == []
+    assert calls == ["processing", "succeeded", "processing"]
