@@ -141,7 +141,8 @@ WHERE owner = :owner AND (created_at, id) > (:created_at, :id)
 ORDER BY created_at ASC, id ASC LIMIT :limit;
 
 -- name: any_claimable
-SELECT 1 FROM predictions WHERE status = 'starting' LIMIT 1;
+SELECT 1 FROM predictions
+WHERE status = 'starting' AND (deadline IS NULL OR deadline > :now) LIMIT 1;
 
 -- name: claim_next
 -- [sqlite] run inside BEGIN IMMEDIATE; PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED.
