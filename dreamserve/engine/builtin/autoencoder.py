@@ -23,6 +23,7 @@ class ResConv(nn.Module):
         self.conv1 = nn.Conv2d(ch, ch, 3, padding=1)
         self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
+        assert self.conv2.bias is not None
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +75,11 @@ class Decoder(nn.Module):
         self.res0 = ResConv(chs[0])
         ups: list[nn.Module] = []
         for a, b in zip(chs[:-1], chs[1:], strict=True):
-            ups += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(a, b, 3, padding=1), nn.SiLU()]
+            ups += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(a, b, 3, padding=1),
+                nn.SiLU(),
+            ]
         self.ups = nn.Sequential(*ups)
         # (B, 64, 8h, 8w) -> (B, 3*4*4, 8h, 8w) -> pixel shuffle -> (B, 3, 32h, 32w)
         self.head = nn.Conv2d(chs[-1], 3 * 16, 3, padding=1)
@@ -99,7 +104,9 @@ class AutoEncoder(nn.Module):
         """Scaled latents (B, C, h, w) -> images in about [-1, 1] at (B, 3, 32h, 32w)."""
         return self.decoder(z * self.cfg.latent_scale)
 
-    def loss(self, x: torch.Tensor, target2x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, x: torch.Tensor, target2x: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         z = self.encoder(x)
         zn = z + self.cfg.latent_noise * z.detach().std() * torch.randn_like(z)
         y = self.decoder(zn)

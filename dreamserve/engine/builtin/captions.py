@@ -11,19 +11,26 @@ import random
 from dataclasses import dataclass
 
 from dreamserve.engine.builtin.render import (
+    BACKGROUNDS,
     COLORS,
     PLAIN,
     SHAPES,
     SIZES,
     XS,
     YS,
-    BACKGROUNDS,
     Obj,
     Scene,
     allowed_colors,
 )
 
-DEFAULT_ICON_COLOR = {"sun": "yellow", "moon": "yellow", "cloud": "white", "tree": "green", "house": "brown", "flower": "pink"}
+DEFAULT_ICON_COLOR = {
+    "sun": "yellow",
+    "moon": "yellow",
+    "cloud": "white",
+    "tree": "green",
+    "house": "brown",
+    "flower": "pink",
+}
 NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four"}
 RELATIONS = ("above", "below", "left of", "right of")
 REL_WORDS = {
@@ -34,7 +41,11 @@ REL_WORDS = {
 }
 BG_WORDS: dict[str, tuple[str, ...]] = {
     "day sky": ("in a blue day sky", "against a daytime sky", "in the sky on a sunny day"),
-    "night sky": ("in a night sky with stars", "at night under the stars", "against a starry night sky"),
+    "night sky": (
+        "in a night sky with stars",
+        "at night under the stars",
+        "against a starry night sky",
+    ),
     "sunset": ("at sunset", "against a sunset sky", "in the evening glow of a sunset"),
     "grass field": ("on a grass field", "in a green meadow", "over a grassy field"),
     "sea and beach": ("at the beach by the sea", "over the sea and beach", "on a seaside beach"),
@@ -84,7 +95,11 @@ class PromptSpec:
 
 def _noun(o: ObjSpec, rnd: random.Random, with_size: bool = True) -> str:
     words = [o.size] if (with_size and o.size) else []
-    if not (o.shape in DEFAULT_ICON_COLOR and DEFAULT_ICON_COLOR[o.shape] == o.color and rnd.random() < 0.4):
+    if not (
+        o.shape in DEFAULT_ICON_COLOR
+        and DEFAULT_ICON_COLOR[o.shape] == o.color
+        and rnd.random() < 0.4
+    ):
         words.append(o.color)
     return " ".join([*words, o.shape])
 
@@ -176,8 +191,13 @@ def realize(spec: PromptSpec, rnd: random.Random) -> Scene:
         sa, sb = SIZES["medium"] * rnd.uniform(0.85, 1.1), SIZES["medium"] * rnd.uniform(0.85, 1.1)
         cx, cy = rnd.uniform(0.38, 0.62), rnd.uniform(0.38, 0.62)
         d = (sa + sb) / 2 * 0.75 + rnd.uniform(0.03, 0.08)
-        dx, dy = {"above": (0, -d), "below": (0, d), "left of": (-d, 0), "right of": (d, 0)}[spec.relation or "above"]
-        objs = [Obj(a.shape, a.color, cx + dx, cy + dy, sa), Obj(b.shape, b.color, cx - dx, cy - dy, sb)]
+        dx, dy = {"above": (0, -d), "below": (0, d), "left of": (-d, 0), "right of": (d, 0)}[
+            spec.relation or "above"
+        ]
+        objs = [
+            Obj(a.shape, a.color, cx + dx, cy + dy, sa),
+            Obj(b.shape, b.color, cx - dx, cy - dy, sb),
+        ]
     else:
         for o in spec.objs:
             for _ in range(spec.count):

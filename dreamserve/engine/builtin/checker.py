@@ -14,7 +14,17 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from dreamserve.engine.builtin.render import BACKGROUNDS, COLORS, SHAPES, XS, YS, Obj, Scene, object_mask, render
+from dreamserve.engine.builtin.render import (
+    BACKGROUNDS,
+    COLORS,
+    SHAPES,
+    XS,
+    YS,
+    Obj,
+    Scene,
+    object_mask,
+    render,
+)
 
 COLOR_TOL = 70.0
 MIN_AREA = 0.003  # of the image's short side squared: a small star covers about 0.01
@@ -37,7 +47,12 @@ def _unit_boxes() -> dict[str, tuple[float, float, float, float]]:
     out = {}
     for shape in SHAPES:
         ys, xs = np.nonzero(object_mask(Obj(shape, "red", 0.5, 0.5, 0.5), n, n))
-        out[shape] = ((xs.min() - n / 2) / 200, (ys.min() - n / 2) / 200, (xs.max() + 1 - n / 2) / 200, (ys.max() + 1 - n / 2) / 200)
+        out[shape] = (
+            (xs.min() - n / 2) / 200,
+            (ys.min() - n / 2) / 200,
+            (xs.max() + 1 - n / 2) / 200,
+            (ys.max() + 1 - n / 2) / 200,
+        )
     return out
 
 
@@ -45,7 +60,7 @@ _BOXES = _unit_boxes()
 
 
 def _classify(comp: np.ndarray, W: int, H: int) -> tuple[str, float, float, float, float]:
-    """comp: boolean crop with 1 px margin at its place; returns (shape, iou, cx, cy, s) in pixels of the crop."""
+    """Best template for a component crop: (shape, iou, centre x, centre y, size) in crop pixels."""
     ys, xs = np.nonzero(comp)
     x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
     best = ("circle", -1.0, 0.0, 0.0, 0.0)
@@ -77,7 +92,11 @@ def find_objects(img: Image.Image, colors: list[str] | None = None) -> list[Foun
             pad = np.pad(comp, 4)
             shape, iou, cx, cy, s = _classify(pad, W, H)
             ox, oy = sl[1].start - 4, sl[0].start - 4
-            found.append(Found(name, shape, (ox + cx) / W, (oy + cy) / H, s / min(W, H), iou, int(comp.sum())))
+            found.append(
+                Found(
+                    name, shape, (ox + cx) / W, (oy + cy) / H, s / min(W, H), iou, int(comp.sum())
+                )
+            )
     return found
 
 
@@ -92,7 +111,7 @@ def matches(f: Found, color: str, shape: str) -> bool:
 
 
 def scene_found(img: Image.Image, scene: Scene, pos_tol: float = 0.15) -> bool:
-    """Every object of the scene is there (colour, shape, near its place), and nothing extra in those colours."""
+    """Every object is there (colour, shape, near its place) and no extra one in those colours."""
     colors = sorted({o.color for o in scene.objects})
     found = find_objects(img, colors)
     for color in colors:
@@ -101,7 +120,10 @@ def scene_found(img: Image.Image, scene: Scene, pos_tol: float = 0.15) -> bool:
         if len(have) != len(want):
             return False
         for o in want:
-            if not any(f.shape == o.shape and abs(f.x - o.x) < pos_tol and abs(f.y - o.y) < pos_tol for f in have):
+            if not any(
+                f.shape == o.shape and abs(f.x - o.x) < pos_tol and abs(f.y - o.y) < pos_tol
+                for f in have
+            ):
                 return False
     return True
 

@@ -48,7 +48,9 @@ def to_tensor(img: object) -> torch.Tensor:
 def render_batch(scenes: list[Scene], gw: int, gh: int, scale: int = 1) -> torch.Tensor:
     """(B, 3, gh*16*scale, gw*16*scale) in [-1, 1], antialiased by 2x supersampling."""
     H, W = gh * PX * scale, gw * PX * scale
-    imgs = np.stack([np.asarray(render(s, W, H, supersample=2)) for s in scenes])  # (B, H, W, 3) uint8
+    imgs = np.stack(
+        [np.asarray(render(s, W, H, supersample=2)) for s in scenes]
+    )  # (B, H, W, 3) uint8
     x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float()
     return x.mul_(1 / 127.5).sub_(1.0)
 
@@ -71,7 +73,9 @@ class Pools:
         return states, mask
 
 
-def make_specs(seed: int, n_t2i: int, n_edit: int, n_ref: int) -> tuple[list[PromptSpec], list[TaskSpec], list[TaskSpec]]:
+def make_specs(
+    seed: int, n_t2i: int, n_edit: int, n_ref: int
+) -> tuple[list[PromptSpec], list[TaskSpec], list[TaskSpec]]:
     rnd = random.Random(seed)
     return (
         [random_spec(rnd) for _ in range(n_t2i)],
@@ -80,7 +84,9 @@ def make_specs(seed: int, n_t2i: int, n_edit: int, n_ref: int) -> tuple[list[Pro
     )
 
 
-def build_pools(seed: int, n_t2i: int, n_edit: int, n_ref: int, cache_dir: Path, log: object = print) -> Pools:
+def build_pools(
+    seed: int, n_t2i: int, n_edit: int, n_ref: int, cache_dir: Path, log: object = print
+) -> Pools:
     t2i, edit, ref = make_specs(seed, n_t2i, n_edit, n_ref)
     texts = sorted({s.text for s in t2i} | {s.text for s in edit} | {s.text for s in ref})
     key = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
@@ -117,7 +123,9 @@ def sample_batch(pools: Pools, kind: str, size: int, rnd: random.Random) -> Batc
         return Batch([realize(s, rnd) for s in specs], [], [s.text for s in specs])
     pool = pools.edit if kind == "edit" else pools.ref
     n_in = len(rnd.choice(pool).backgrounds)
-    chosen = [s for s in (rnd.choice(pool) for _ in range(size * 4)) if len(s.backgrounds) == n_in][:size]
+    chosen = [s for s in (rnd.choice(pool) for _ in range(size * 4)) if len(s.backgrounds) == n_in][
+        :size
+    ]
     drawn = [realize_task(s, rnd) for s in chosen]
     inputs = [[d[0][k] for d in drawn] for k in range(n_in)]
     return Batch([d[1] for d in drawn], inputs, [s.text for s in chosen])

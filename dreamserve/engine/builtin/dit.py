@@ -50,7 +50,9 @@ class Block(nn.Module):
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
+        )
         self.ada = nn.Linear(dim, 6 * dim)
         nn.init.zeros_(self.ada.weight)
         nn.init.zeros_(self.ada.bias)
@@ -75,7 +77,9 @@ def grid_pos_embedding(gh: int, gw: int, dim: int) -> torch.Tensor:
     xs = (torch.arange(gw, dtype=torch.float32) + 0.5) / gw * 8.0
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     quarter = dim // 4
-    freqs = torch.exp(-math.log(100.0) * torch.arange(quarter, dtype=torch.float32) / quarter) * math.pi
+    freqs = (
+        torch.exp(-math.log(100.0) * torch.arange(quarter, dtype=torch.float32) / quarter) * math.pi
+    )
     parts = []
     for coord in (xx.reshape(-1), yy.reshape(-1)):
         a = coord[:, None] * freqs[None]
@@ -161,7 +165,6 @@ class DiT(nn.Module):
         shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=-1)
         h = modulate(self.norm_out(h[:, -gh * gw :]), shift, scale)  # target tokens only
         return self.out(h).transpose(1, 2).reshape(B, C, gh, gw)  # predicted velocity
-
 
 
 def null_condition(batch: int) -> tuple[torch.Tensor, torch.Tensor]:

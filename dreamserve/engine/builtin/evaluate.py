@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,10 +21,28 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from dreamserve.engine.builtin import weights
-from dreamserve.engine.builtin.captions import PromptSpec, count_spec, realize, relation_spec, single_spec
-from dreamserve.engine.builtin.checker import background_of, cell_of, find_objects, psnr, scene_found
+from dreamserve.engine.builtin.captions import (
+    PromptSpec,
+    count_spec,
+    relation_spec,
+    single_spec,
+)
+from dreamserve.engine.builtin.checker import (
+    background_of,
+    cell_of,
+    find_objects,
+    psnr,
+    scene_found,
+)
 from dreamserve.engine.builtin.data import make_specs
-from dreamserve.engine.builtin.pairs import EDIT_OPS, REF_OPS, TaskSpec, edit_spec, realize_task, ref_spec
+from dreamserve.engine.builtin.pairs import (
+    EDIT_OPS,
+    REF_OPS,
+    TaskSpec,
+    edit_spec,
+    realize_task,
+    ref_spec,
+)
 from dreamserve.engine.builtin.render import Scene, object_mask, render
 from dreamserve.engine.builtin.sample import Sampler, SampleSpec
 from dreamserve.engine.builtin.textenc import TextEncoder
@@ -51,10 +70,12 @@ class Tally:
         self.ok.setdefault(key, []).append(bool(good))
 
 
-def _held_out(make: object, n: int, seen: set[str], rnd: random.Random) -> list[object]:
-    out: list[object] = []
+def _held_out(
+    make: Callable[[random.Random], PromptSpec], n: int, seen: set[str], rnd: random.Random
+) -> list[PromptSpec]:
+    out: list[PromptSpec] = []
     while len(out) < n:
-        s = make(rnd)  # type: ignore[operator]
+        s = make(rnd)
         if s.text not in seen:
             out.append(s)
     return out
@@ -75,7 +96,12 @@ def check_t2i(img: Image.Image, spec: PromptSpec, t: Tally) -> None:
         good = False
         if fa and fb:
             dx, dy = fa[0].x - fb[0].x, fa[0].y - fb[0].y
-            good = {"above": dy < -0.05, "below": dy > 0.05, "left of": dx < -0.05, "right of": dx > 0.05}[spec.relation or ""]
+            good = {
+                "above": dy < -0.05,
+                "below": dy > 0.05,
+                "left of": dx < -0.05,
+                "right of": dx > 0.05,
+            }[spec.relation or ""]
         t.add("relation", good)
     else:
         o = spec.objs[0]
@@ -113,22 +139,22 @@ def evaluate(sampler: Sampler, samples: int, seen: set[str], steps: int = 10) ->
     t2i = _held_out(single_spec, samples, seen, rnd) + _held_out(relation_spec, samples, seen, rnd)
     t2i += _held_out(count_spec, samples, seen, rnd)
     for i, spec in enumerate(t2i):
-        img = sampler(SampleSpec(spec.text, 1000 + i, SIZE, SIZE, 2.5, steps), [], lambda: None)  # type: ignore[union-attr]
-        check_t2i(img, spec, t)  # type: ignore[arg-type]
+        img = sampler(SampleSpec(spec.text, 1000 + i, SIZE, SIZE, 2.5, steps), [], lambda: None)
+        check_t2i(img, spec, t)
         if i % max(samples, 1) < 4:
-            t.samples.append((spec.text, img))  # type: ignore[union-attr]
+            t.samples.append((spec.text, img))
     per_op = max(samples // 3, 2)
     tasks = [edit_spec(rnd, op) for op in EDIT_OPS for _ in range(per_op)]
     tasks += [ref_spec(rnd, op) for op in REF_OPS for _ in range(per_op)]
-    for i, spec in enumerate(tasks):
-        if spec.text in seen and spec.op not in REF_OPS:
+    for i, task in enumerate(tasks):
+        if task.text in seen and task.op not in REF_OPS:
             continue  # reference instructions are few fixed sentences: their images are unseen
-        inputs, tgt = realize_task(spec, rnd)
+        inputs, tgt = realize_task(task, rnd)
         imgs = [render(s, SIZE, SIZE, 2) for s in inputs]
-        out = sampler(SampleSpec(spec.text, 5000 + i, SIZE, SIZE, 2.5, steps), imgs, lambda: None)
-        check_task(out, spec, inputs, tgt, t)
+        out = sampler(SampleSpec(task.text, 5000 + i, SIZE, SIZE, 2.5, steps), imgs, lambda: None)
+        check_task(out, task, inputs, tgt, t)
         if i % per_op == 0:
-            t.samples.append((spec.text, _strip([*imgs, out])))
+            t.samples.append((task.text, _strip([*imgs, out])))
     return t
 
 
@@ -164,7 +190,11 @@ def markdown(rows: dict[str, float], counts: dict[str, int]) -> str:
     for k, v in rows.items():
         target = TARGETS.get(k)
         shown = f"{v:.1f} dB" if k.endswith("_db") else f"{v:.1%} (n={counts.get(k, 0)})"
-        tgt = "" if target is None else (f">= {target:.0f} dB" if k.endswith("_db") else f">= {target:.0%}")
+        tgt = (
+            ""
+            if target is None
+            else (f">= {target:.0f} dB" if k.endswith("_db") else f">= {target:.0%}")
+        )
         met = "" if target is None else ("yes" if v >= target else "no")
         lines.append(f"| {k} | {shown} | {tgt} | {met} |")
     return "\n".join(lines) + "\n"
@@ -184,7 +214,14 @@ def main(checkpoint: Path | None = None, samples: int = 50, out: Path = Path("ev
     rows = table(tally)
     counts = {k: len(v) for k, v in tally.ok.items()} | {"edit_psnr_db": len(tally.psnrs)}
     out.mkdir(parents=True, exist_ok=True)
-    report = {"weights": str(src), "meta": meta, "samples": samples, "seconds": round(time.monotonic() - start, 1), "results": rows, "counts": counts}
+    report = {
+        "weights": str(src),
+        "meta": meta,
+        "samples": samples,
+        "seconds": round(time.monotonic() - start, 1),
+        "results": rows,
+        "counts": counts,
+    }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(markdown(rows, counts))
     grid(tally.samples).save(out / "grid.png")

@@ -12,7 +12,16 @@ import random
 from dataclasses import dataclass, replace
 
 from dreamserve.engine.builtin.captions import ObjSpec, _free_spot, _pick_bg, bg_phrase, pos_phrase
-from dreamserve.engine.builtin.render import BACKGROUNDS, SHAPES, SIZES, XS, YS, Obj, Scene, allowed_colors
+from dreamserve.engine.builtin.render import (
+    BACKGROUNDS,
+    SHAPES,
+    SIZES,
+    XS,
+    YS,
+    Obj,
+    Scene,
+    allowed_colors,
+)
 
 EDIT_OPS = ("recolor", "add", "remove", "move", "resize", "background")
 REF_OPS = ("combine", "onto", "restyle")
@@ -28,7 +37,9 @@ class TaskSpec:
     cell: tuple[str, str] | None = None  # target cell for add/move
 
 
-def _distinct_objs(rnd: random.Random, bg: str, n: int, avoid: set[str] | None = None) -> tuple[ObjSpec, ...]:
+def _distinct_objs(
+    rnd: random.Random, bg: str, n: int, avoid: set[str] | None = None
+) -> tuple[ObjSpec, ...]:
     colors = [c for c in allowed_colors(bg) if c not in (avoid or set())]
     rnd.shuffle(colors)
     return tuple(ObjSpec(rnd.choice(SHAPES), colors[i]) for i in range(n))
@@ -46,7 +57,9 @@ def edit_spec(rnd: random.Random, op: str | None = None) -> TaskSpec:
     cell = (rnd.choice(list(XS)), rnd.choice(list(YS)))
     if op == "recolor":
         new = rnd.choice([c for c in allowed_colors(bg) if c not in {o.color for o in objs}])
-        verb = rnd.choice(("make the {} {}", "change the {} to {}", "turn the {} {}", "recolor the {} {}"))
+        verb = rnd.choice(
+            ("make the {} {}", "change the {} to {}", "turn the {} {}", "recolor the {} {}")
+        )
         return TaskSpec(op, verb.format(_name(a), new), (bg,), (objs,), arg=new)
     if op == "add":
         b = _distinct_objs(rnd, bg, len(objs) + 1)[-1]
@@ -61,17 +74,32 @@ def edit_spec(rnd: random.Random, op: str | None = None) -> TaskSpec:
         return TaskSpec(op, verb.format(_name(a)), (bg,), (objs,))
     if op == "move":
         verb = rnd.choice(("move the {} {}", "place the {} {}", "shift the {} {}"))
-        text = verb.format(_name(a), pos_phrase(*cell, rnd).replace("at the", "to the").replace("in the", "to the"))
+        text = verb.format(
+            _name(a), pos_phrase(*cell, rnd).replace("at the", "to the").replace("in the", "to the")
+        )
         return TaskSpec(op, text, (bg,), (objs,), cell=cell)
     if op == "resize":
         arg = rnd.choice(("bigger", "smaller"))
-        word = {"bigger": rnd.choice(("bigger", "larger")), "smaller": rnd.choice(("smaller", "tiny"))}[arg]
+        word = {
+            "bigger": rnd.choice(("bigger", "larger")),
+            "smaller": rnd.choice(("smaller", "tiny")),
+        }[arg]
         return TaskSpec(op, f"make the {_name(a)} {word}", (bg,), (objs,), arg=arg)
-    new_bg = rnd.choice([b for b in BACKGROUNDS if b != bg and all(o.color in allowed_colors(b) for o in objs)] or [bg])
-    verb = rnd.choice(("replace the background with {}", "change the background to {}", "put it {}"))
+    new_bg = rnd.choice(
+        [b for b in BACKGROUNDS if b != bg and all(o.color in allowed_colors(b) for o in objs)]
+        or [bg]
+    )
+    verb = rnd.choice(
+        ("replace the background with {}", "change the background to {}", "put it {}")
+    )
     phrase = bg_phrase(new_bg, rnd)
     if not verb.startswith("put"):
-        phrase = phrase.replace("on a plain", "a plain").removeprefix("in ").removeprefix("on ").removeprefix("at ")
+        phrase = (
+            phrase.replace("on a plain", "a plain")
+            .removeprefix("in ")
+            .removeprefix("on ")
+            .removeprefix("at ")
+        )
     return TaskSpec("background", verb.format(phrase), (bg,), (objs,), arg=new_bg)
 
 
@@ -83,31 +111,37 @@ def ref_spec(rnd: random.Random, op: str | None = None) -> TaskSpec:
         seen = set.intersection(*(set(allowed_colors(b)) for b in bgs))  # visible on every input
         pool = _distinct_objs(rnd, bgs[0], n, set(allowed_colors(bgs[0])) - seen)
         objs = tuple((pool[i],) for i in range(n))
-        text = rnd.choice((
-            f"combine the objects of the {n} images on the background of image 1",
-            "put the objects from the other images into image 1",
-            f"combine images 1 to {n}, keeping the background of image 1",
-        ))
+        text = rnd.choice(
+            (
+                f"combine the objects of the {n} images on the background of image 1",
+                "put the objects from the other images into image 1",
+                f"combine images 1 to {n}, keeping the background of image 1",
+            )
+        )
         return TaskSpec(op, text, bgs, objs)
     if op == "onto":
         bg2 = _pick_bg(rnd)
         a = _distinct_objs(rnd, bg2, 1)[0]
         bg1 = rnd.choice([b for b in BACKGROUNDS if a.color in allowed_colors(b)])
-        text = rnd.choice((
-            f"put the {_name(a)} of image 1 on the background of image 2",
-            "place the object from image 1 onto the background of image 2",
-            f"move the {a.shape} from the first image into the scene of the second image",
-        ))
+        text = rnd.choice(
+            (
+                f"put the {_name(a)} of image 1 on the background of image 2",
+                "place the object from image 1 onto the background of image 2",
+                f"move the {a.shape} from the first image into the scene of the second image",
+            )
+        )
         second = _distinct_objs(rnd, bg2, 1, {a.color}) if rnd.random() < 0.5 else ()
         return TaskSpec(op, text, (bg1, bg2), ((a,), second))
     bg1 = _pick_bg(rnd)
     objs1 = _distinct_objs(rnd, bg1, rnd.randint(1, 2))
     new = rnd.choice([c for c in allowed_colors(bg1) if c not in {o.color for o in objs1}])
-    text = rnd.choice((
-        "restyle image 1 with the colours of image 2",
-        "paint the objects of image 1 in the colour of image 2",
-        "use the colour of image 2 for the objects in image 1",
-    ))
+    text = rnd.choice(
+        (
+            "restyle image 1 with the colours of image 2",
+            "paint the objects of image 1 in the colour of image 2",
+            "use the colour of image 2 for the objects in image 1",
+        )
+    )
     return TaskSpec(op, text, (bg1, "white"), (objs1, (ObjSpec(rnd.choice(SHAPES), new),)), arg=new)
 
 
@@ -121,7 +155,13 @@ def _place(specs: tuple[ObjSpec, ...], rnd: random.Random, taken: list[Obj]) -> 
 
 
 def _cell_obj(o: ObjSpec, cell: tuple[str, str], s: float, rnd: random.Random) -> Obj:
-    return Obj(o.shape, o.color, XS[cell[0]] + rnd.uniform(-0.04, 0.04), YS[cell[1]] + rnd.uniform(-0.04, 0.04), s)
+    return Obj(
+        o.shape,
+        o.color,
+        XS[cell[0]] + rnd.uniform(-0.04, 0.04),
+        YS[cell[1]] + rnd.uniform(-0.04, 0.04),
+        s,
+    )
 
 
 def realize_task(spec: TaskSpec, rnd: random.Random) -> tuple[list[Scene], Scene]:
@@ -161,7 +201,9 @@ def _realize_ref(spec: TaskSpec, rnd: random.Random, seeds: list[int]) -> tuple[
         objs = _place(group, rnd, taken)
         placed.append(objs)
         taken += objs
-    inputs = [Scene(bg, tuple(o), s) for bg, o, s in zip(spec.backgrounds, placed, seeds, strict=True)]
+    inputs = [
+        Scene(bg, tuple(o), s) for bg, o, s in zip(spec.backgrounds, placed, seeds, strict=True)
+    ]
     if spec.op == "combine":
         tgt = replace(inputs[0], objects=tuple(taken))
     elif spec.op == "onto":

@@ -1,4 +1,6 @@
-"""BuiltinGenerator: the shipped model behind the Generator seam (text-to-image, edit, references, sets).
+"""BuiltinGenerator: the shipped model behind the Generator seam.
+
+Text-to-image, editing, references and sets.
 
 Loads the package's weights and MiniLM offline at construction. One call produces either
 `max_images` planned images of a set (sequential_image_generation="auto") or `num_outputs`
@@ -25,7 +27,9 @@ SEED_STRIDE = 7919  # independent outputs use seed + i * stride
 
 class BuiltinGenerator:
     name = "builtin"
-    capabilities = Capabilities(text_to_image=True, edit=True, max_references=10, sequential=True, max_side=4096)
+    capabilities = Capabilities(
+        text_to_image=True, edit=True, max_references=10, sequential=True, max_side=4096
+    )
 
     def __init__(self, threads: int | None = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,14 +44,23 @@ class BuiltinGenerator:
     def prompts(self, task: Task) -> list[tuple[str, int]]:
         """(prompt, seed) per output image."""
         req = task.request
-        fix = (lambda p: enhance(p) if not task.images else normalize(p)) if req.enhance_prompt else (lambda p: p)
+        fix = (
+            (lambda p: enhance(p) if not task.images else normalize(p))
+            if req.enhance_prompt
+            else (lambda p: p)
+        )
         if req.sequential_image_generation == "auto":
             parts = plan(req.prompt, req.max_images)
             # Different prompts share the seed (same noise keeps shapes alike across the set);
             # repeated prompts need different seeds to differ at all.
             same = len(set(parts)) < len(parts)
-            return [(fix(p), (task.seed + (i * SEED_STRIDE if same else 0)) % 2**31) for i, p in enumerate(parts)]
-        return [(fix(req.prompt), (task.seed + i * SEED_STRIDE) % 2**31) for i in range(req.num_outputs)]
+            return [
+                (fix(p), (task.seed + (i * SEED_STRIDE if same else 0)) % 2**31)
+                for i, p in enumerate(parts)
+            ]
+        return [
+            (fix(req.prompt), (task.seed + i * SEED_STRIDE) % 2**31) for i in range(req.num_outputs)
+        ]
 
     def generate(self, task: Task, on_progress: ProgressFn, should_cancel: CancelFn) -> list[Image]:
         jobs = self.prompts(task)
@@ -66,6 +79,8 @@ class BuiltinGenerator:
         images = list(task.images)[:MAX_REFS]
         out = []
         for prompt, seed in jobs:
-            spec = SampleSpec(prompt, seed, task.width, task.height, task.request.guidance_scale, self.steps)
+            spec = SampleSpec(
+                prompt, seed, task.width, task.height, task.request.guidance_scale, self.steps
+            )
             out.append(self.sampler(spec, images, step))
         return out

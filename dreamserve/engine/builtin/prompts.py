@@ -11,29 +11,101 @@ from dreamserve.engine.builtin.captions import DEFAULT_ICON_COLOR, NUMBERS
 from dreamserve.engine.builtin.render import BACKGROUNDS, COLORS, PLAIN, SHAPES
 
 SYNONYMS: dict[str, str] = {
-    "crimson": "red", "scarlet": "red", "ruby": "red", "navy": "blue", "azure": "blue",
-    "violet": "purple", "lilac": "purple", "magenta": "pink", "rose": "pink", "grey": "gray",
-    "silver": "gray", "turquoise": "cyan", "teal": "cyan", "aqua": "cyan", "golden": "yellow",
-    "gold": "yellow", "lime": "green", "emerald": "green", "chocolate": "brown", "tan": "brown",
-    "ball": "circle", "dot": "circle", "disc": "circle", "disk": "circle", "ring": "circle",
-    "box": "square", "block": "square", "cube": "square", "rectangle": "square", "pyramid": "triangle",
-    "hex": "hexagon", "home": "house", "cottage": "house", "hut": "house", "cabin": "house",
-    "blossom": "flower", "daisy": "flower", "tulip": "flower", "bush": "tree", "pine": "tree",
-    "big": "large", "huge": "large", "giant": "large", "tiny": "small", "little": "small",
-    "mid-sized": "medium", "crescent": "moon",
+    "crimson": "red",
+    "scarlet": "red",
+    "ruby": "red",
+    "navy": "blue",
+    "azure": "blue",
+    "violet": "purple",
+    "lilac": "purple",
+    "magenta": "pink",
+    "rose": "pink",
+    "grey": "gray",
+    "silver": "gray",
+    "turquoise": "cyan",
+    "teal": "cyan",
+    "aqua": "cyan",
+    "golden": "yellow",
+    "gold": "yellow",
+    "lime": "green",
+    "emerald": "green",
+    "chocolate": "brown",
+    "tan": "brown",
+    "ball": "circle",
+    "dot": "circle",
+    "disc": "circle",
+    "disk": "circle",
+    "ring": "circle",
+    "box": "square",
+    "block": "square",
+    "cube": "square",
+    "rectangle": "square",
+    "pyramid": "triangle",
+    "hex": "hexagon",
+    "home": "house",
+    "cottage": "house",
+    "hut": "house",
+    "cabin": "house",
+    "blossom": "flower",
+    "daisy": "flower",
+    "tulip": "flower",
+    "bush": "tree",
+    "pine": "tree",
+    "big": "large",
+    "huge": "large",
+    "giant": "large",
+    "tiny": "small",
+    "little": "small",
+    "mid-sized": "medium",
+    "crescent": "moon",
 }
 BG_KEYWORDS: list[tuple[str, str]] = [
-    ("night", "night sky"), ("stars", "night sky"), ("starry", "night sky"), ("sunset", "sunset"),
-    ("dusk", "sunset"), ("evening", "sunset"), ("beach", "sea and beach"), ("sea", "sea and beach"),
-    ("ocean", "sea and beach"), ("meadow", "grass field"), ("grass", "grass field"), ("field", "grass field"),
-    ("desert", "desert"), ("dunes", "desert"), ("snow", "snow"), ("winter", "snow"), ("sky", "day sky"),
+    ("night", "night sky"),
+    ("stars", "night sky"),
+    ("starry", "night sky"),
+    ("sunset", "sunset"),
+    ("dusk", "sunset"),
+    ("evening", "sunset"),
+    ("beach", "sea and beach"),
+    ("sea", "sea and beach"),
+    ("ocean", "sea and beach"),
+    ("meadow", "grass field"),
+    ("grass", "grass field"),
+    ("field", "grass field"),
+    ("desert", "desert"),
+    ("dunes", "desert"),
+    ("snow", "snow"),
+    ("winter", "snow"),
+    ("sky", "day sky"),
 ]
-POS_X = {"left": "left", "right": "right", "center": "center", "centre": "center", "middle": "center"}
+POS_X = {
+    "left": "left",
+    "right": "right",
+    "center": "center",
+    "centre": "center",
+    "middle": "center",
+}
 POS_Y = {"top": "top", "upper": "top", "bottom": "bottom", "lower": "bottom"}
-RELS = [("to the left of", "left of"), ("left of", "left of"), ("to the right of", "right of"),
-        ("right of", "right of"), ("above", "above"), ("over", "above"), ("on top of", "above"),
-        ("below", "below"), ("under", "below"), ("beneath", "below")]
-WORD_NUMS = {w: n for n, w in NUMBERS.items()} | {"five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
+RELS = [
+    ("to the left of", "left of"),
+    ("left of", "left of"),
+    ("to the right of", "right of"),
+    ("right of", "right of"),
+    ("above", "above"),
+    ("over", "above"),
+    ("on top of", "above"),
+    ("below", "below"),
+    ("under", "below"),
+    ("beneath", "below"),
+]
+WORD_NUMS = {w: n for n, w in NUMBERS.items()} | {
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+}
 PLURAL = {s + "s": s for s in SHAPES}
 
 
@@ -60,7 +132,11 @@ def _background(text: str) -> str | None:
 def _objects(text: str) -> list[tuple[int, str | None, str | None, str]]:
     """(count, size, colour, shape) for each shape mentioned, in order."""
     nouns = "|".join(sorted(set(SHAPES) | set(PLURAL), key=len, reverse=True))
-    pat = rf"(?:\b(\d+|{'|'.join(WORD_NUMS)}|a|an|one)\s+)?(?:(small|medium|large)\s+)?(?:({'|'.join(COLORS)})\s+)?\b({nouns})\b"
+    nums, colors = "|".join(WORD_NUMS), "|".join(COLORS)
+    pat = (
+        rf"(?:\b(\d+|{nums}|a|an|one)\s+)?(?:(small|medium|large)\s+)?"
+        rf"(?:({colors})\s+)?\b({nouns})\b"
+    )
     found = []
     for m in re.finditer(pat, text):
         num, size, color, noun = m.groups()
@@ -108,9 +184,15 @@ def enhance(prompt: str) -> str:
 
 
 def _bg_words(bg: str) -> str:
-    return {"day sky": "in a blue day sky", "night sky": "in a night sky with stars", "sunset": "at sunset",
-            "grass field": "on a grass field", "sea and beach": "at the beach by the sea",
-            "desert": "in the desert", "snow": "in the snow"}[bg]
+    return {
+        "day sky": "in a blue day sky",
+        "night sky": "in a night sky with stars",
+        "sunset": "at sunset",
+        "grass field": "on a grass field",
+        "sea and beach": "at the beach by the sea",
+        "desert": "in the desert",
+        "snow": "in the snow",
+    }[bg]
 
 
 def plan(prompt: str, max_images: int) -> list[str]:
@@ -121,7 +203,11 @@ def plan(prompt: str, max_images: int) -> list[str]:
         parts = [p.strip() for p in body.split(";") if p.strip()]
         return parts[:max_images] or [text]
     low = normalize(text)
-    m = re.match(rf"^(?:a set of |a series of )?(\d+|{'|'.join(WORD_NUMS)})\s+(?:images?|pictures?|frames?)\s+(?:of|showing)\s+(.*)$", low)
+    m = re.match(
+        rf"^(?:a set of |a series of )?(\d+|{'|'.join(WORD_NUMS)})\s+"
+        r"(?:images?|pictures?|frames?)\s+(?:of|showing)\s+(.*)$",
+        low,
+    )
     n = max_images
     subject = low
     if m:
@@ -132,11 +218,16 @@ def plan(prompt: str, max_images: int) -> list[str]:
 
 def _vary(subject: str, n: int) -> list[str]:
     """Split a 'moving from A to B' or 'in different colours/backgrounds' subject into n prompts."""
-    move = re.search(r"\bmoving from (?:the )?(left|right|top|bottom) to (?:the )?(left|right|top|bottom)\b", subject)
+    move = re.search(
+        r"\bmoving from (?:the )?(left|right|top|bottom) to (?:the )?(left|right|top|bottom)\b",
+        subject,
+    )
     if move:
         base = subject[: move.start()].strip()
         a, b = move.groups()
-        axis = ["left", "center", "right"] if a in ("left", "right") else ["top", "middle", "bottom"]
+        axis = (
+            ["left", "center", "right"] if a in ("left", "right") else ["top", "middle", "bottom"]
+        )
         if a in ("right", "bottom"):
             axis.reverse()
         cells = [axis[round(i * 2 / max(n - 1, 1))] for i in range(n)]
@@ -145,7 +236,12 @@ def _vary(subject: str, n: int) -> list[str]:
         base = re.sub(r"\s*\bin different colou?rs\b", "", subject)
         shape = next((s for s in SHAPES if s in base), "circle")
         palette = [c for c in COLORS if c not in ("white", "black")]
-        return [re.sub(rf"\b({'|'.join(COLORS)}) {shape}", shape, base).replace(shape, f"{palette[i % len(palette)]} {shape}", 1) for i in range(n)]
+        return [
+            re.sub(rf"\b({'|'.join(COLORS)}) {shape}", shape, base).replace(
+                shape, f"{palette[i % len(palette)]} {shape}", 1
+            )
+            for i in range(n)
+        ]
     if re.search(r"\bdifferent (backgrounds|places|scenes)\b", subject):
         base = re.sub(r"\s*\b(on|in|at) different (backgrounds|places|scenes)\b", "", subject)
         scenic = [b for b in BACKGROUNDS if b not in PLAIN]
@@ -154,4 +250,6 @@ def _vary(subject: str, n: int) -> list[str]:
 
 
 def _cell_words(cell: str) -> str:
-    return {"center": "in the center", "middle": "in the center"}.get(cell, f"on the {cell}" if cell in ("left", "right") else f"at the {cell}")
+    return {"center": "in the center", "middle": "in the center"}.get(
+        cell, f"on the {cell}" if cell in ("left", "right") else f"at the {cell}"
+    )

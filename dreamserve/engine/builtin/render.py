@@ -53,7 +53,11 @@ BACKGROUNDS: dict[str, list[Band]] = {
     "night sky": [(0.0, (10, 15, 45), (35, 45, 95))],
     "sunset": [(0.0, (255, 205, 140), (215, 130, 150))],
     "grass field": [(0.0, *SKY), (0.6, (110, 200, 95), (80, 165, 70))],
-    "sea and beach": [(0.0, *SKY), (0.45, (70, 140, 200), (50, 110, 180)), (0.75, (235, 215, 165), (225, 200, 150))],
+    "sea and beach": [
+        (0.0, *SKY),
+        (0.45, (70, 140, 200), (50, 110, 180)),
+        (0.75, (235, 215, 165), (225, 200, 150)),
+    ],
     "desert": [(0.0, (150, 200, 240), (215, 230, 245)), (0.55, (230, 195, 130), (210, 165, 100))],
     "snow": [(0.0, (175, 195, 215), (215, 225, 235)), (0.6, (245, 248, 255), (235, 240, 250))],
 }
@@ -119,7 +123,9 @@ def _background(name: str, w: int, h: int, star_seed: int) -> Image.Image:
     return img
 
 
-def _poly(cx: float, cy: float, pts: list[tuple[float, float]], s: float) -> list[tuple[float, float]]:
+def _poly(
+    cx: float, cy: float, pts: list[tuple[float, float]], s: float
+) -> list[tuple[float, float]]:
     return [(cx + px * s, cy + py * s) for px, py in pts]
 
 
@@ -178,7 +184,9 @@ def _draw_icon(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, s: floa
         # Masks are per object (object_mask), so cutting with fill=0 erases only this moon.
         _ellipse(d, cx, cy, 0.45 * s)
         r = 0.36 * s
-        d.ellipse((cx + 0.25 * s - r, cy - 0.12 * s - r, cx + 0.25 * s + r, cy - 0.12 * s + r), fill=0)
+        d.ellipse(
+            (cx + 0.25 * s - r, cy - 0.12 * s - r, cx + 0.25 * s + r, cy - 0.12 * s + r), fill=0
+        )
     elif shape == "cloud":
         for dx, dy, r in ((-0.25, 0.05, 0.2), (0.0, -0.08, 0.27), (0.25, 0.05, 0.2)):
             _ellipse(d, cx + dx * s, cy + dy * s, r * s)

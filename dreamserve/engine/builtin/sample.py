@@ -56,7 +56,13 @@ class Sampler:
         return out
 
     @torch.inference_mode()
-    def latents(self, spec: SampleSpec, refs: list[torch.Tensor], on_step: StepFn, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def latents(
+        self,
+        spec: SampleSpec,
+        refs: list[torch.Tensor],
+        on_step: StepFn,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         gw, gh = grid_for(spec.width, spec.height)
         # Step 1: prompt and no-prompt conditions, batched together for one forward per step.
         cond, cmask = self.text([spec.prompt])
@@ -89,7 +95,9 @@ class Sampler:
         arr = (img[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
         return Image.fromarray(arr)
 
-    def __call__(self, spec: SampleSpec, images: Sequence[Image.Image], on_step: StepFn) -> Image.Image:
+    def __call__(
+        self, spec: SampleSpec, images: Sequence[Image.Image], on_step: StepFn
+    ) -> Image.Image:
         gw, gh = grid_for(spec.width, spec.height)
         refs = self.encode_images(images, gw, gh)
         return self.render(self.latents(spec, refs, on_step), spec.width, spec.height)

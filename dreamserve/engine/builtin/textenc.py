@@ -40,7 +40,11 @@ class TextEncoder:
     @torch.inference_mode()
     def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.tokenizer(
-            [t.lower() for t in texts], padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+            [t.lower() for t in texts],
+            padding=True,
+            truncation=True,
+            max_length=MAX_TOKENS,
+            return_tensors="pt",
         )
         states = self.model(**batch).last_hidden_state.float()
         return states, batch["attention_mask"].bool()

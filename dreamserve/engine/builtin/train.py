@@ -111,7 +111,12 @@ def save(state: State, out: Path) -> None:
         "ema": state.ema.state_dict(),
         "opt_ae": state.opt_ae.state_dict(),
         "opt_dit": state.opt_dit.state_dict(),
-        "counters": {"ae_step": state.ae_step, "dit_step": state.dit_step, "ae_done": state.ae_done, "seconds": state.seconds},
+        "counters": {
+            "ae_step": state.ae_step,
+            "dit_step": state.dit_step,
+            "ae_done": state.ae_done,
+            "seconds": state.seconds,
+        },
     }
     tmp = out / "ckpt.pt.tmp"
     torch.save(blob, tmp)
@@ -150,7 +155,9 @@ def from_package(cfg: TrainConfig) -> State:
 
 def provenance(state: State) -> dict[str, Any]:
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
     except OSError:
         commit = ""
     return {
@@ -165,14 +172,16 @@ def provenance(state: State) -> dict[str, Any]:
 
 
 def ae_step(state: State, rnd: random.Random, pools: Pools, lr: float) -> float:
-    """One AE step on aligned random crops (64 px in, 128 px out): convs are local, crops are cheap."""
+    """One AE step on aligned random crops (64 px in, 128 px out): convs are local, crops cheap."""
     cfg = state.cfg
     scenes = sample_batch(pools, rnd.choice(("t2i", "edit")), cfg.ae_batch, rnd).target
     # One 256 px render serves both ends: the decoder's target and (2x2-averaged) the input.
     y = render_batch(scenes, 8, 8, scale=2)  # (B, 3, 256, 256)
     x = F.avg_pool2d(y, 2)  # (B, 3, 128, 128)
     i, j = rnd.randrange(5) * 16, rnd.randrange(5) * 16
-    loss, parts = state.ae.loss(x[:, :, i : i + 64, j : j + 64], y[:, :, 2 * i : 2 * i + 128, 2 * j : 2 * j + 128])
+    loss, parts = state.ae.loss(
+        x[:, :, i : i + 64, j : j + 64], y[:, :, 2 * i : 2 * i + 128, 2 * j : 2 * j + 128]
+    )
     for g in state.opt_ae.param_groups:
         g["lr"] = lr
     state.opt_ae.zero_grad(set_to_none=True)
@@ -253,11 +262,16 @@ def run(state: State, out: Path, max_minutes: float | None, log: Any = print) ->
         ae_start = time.monotonic()
         n = 0
         while time.monotonic() < ae_start + ae_secs and n < cfg.ae_max_steps:
-            lr = cfg.ae_lr * min(1.0, (n + 1) / 20) * _cosine((time.monotonic() - ae_start) / ae_secs)
+            lr = (
+                cfg.ae_lr
+                * min(1.0, (n + 1) / 20)
+                * _cosine((time.monotonic() - ae_start) / ae_secs)
+            )
             mse = ae_step(state, rnd, pools, lr)
             n += 1
             if time.monotonic() - last_log > 30:
-                log(f"ae step {state.ae_step} mse {mse:.5f} psnr~{10 * math.log10(4 / max(mse, 1e-10)):.1f}dB")
+                db = 10 * math.log10(4 / max(mse, 1e-10))
+                log(f"ae step {state.ae_step} mse {mse:.5f} psnr~{db:.1f}dB")
                 last_log = time.monotonic()
         finish_ae(state, rnd, pools)
         account()
@@ -282,10 +296,13 @@ def run(state: State, out: Path, max_minutes: float | None, log: Any = print) ->
             last_ckpt = time.monotonic()
     account()
     save(state, out)
-    log(f"done: ae {state.ae_step} steps, dit {state.dit_step} steps, {state.seconds / 60:.1f} min in all")
+    minutes = state.seconds / 60
+    log(f"done: ae {state.ae_step} steps, dit {state.dit_step} steps, {minutes:.1f} min in all")
 
 
-def main(out: Path, config: str = "default", resume: bool = False, max_minutes: float | None = None) -> int:
+def main(
+    out: Path, config: str = "default", resume: bool = False, max_minutes: float | None = None
+) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if config not in CONFIGS:
         print(f"unknown config {config!r}; choose one of {', '.join(CONFIGS)}")

@@ -22,7 +22,7 @@ def _extremes(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per pixel, the darkest and brightest colour in its 3x3 neighbourhood: 2x (B, 3, h, w)."""
     B, C, h, w = img.shape
     patches = F.unfold(F.pad(img, (1, 1, 1, 1), mode="replicate"), 3).view(B, C, 9, h, w)
-    luma = (0.299 * patches[:, 0] + 0.587 * patches[:, 1] + 0.114 * patches[:, 2])  # (B, 9, h, w)
+    luma = 0.299 * patches[:, 0] + 0.587 * patches[:, 1] + 0.114 * patches[:, 2]  # (B, 9, h, w)
     lo = patches.gather(2, luma.argmin(1, keepdim=True)[:, None].expand(B, C, 1, h, w)).squeeze(2)
     hi = patches.gather(2, luma.argmax(1, keepdim=True)[:, None].expand(B, C, 1, h, w)).squeeze(2)
     return lo, hi
@@ -45,5 +45,6 @@ def upscale(img: torch.Tensor, height: int, width: int) -> torch.Tensor:
     # The bilinear ramp across an edge is `scale` output pixels wide; steepen it back to ~1 pixel.
     sharp = torch.sigmoid((t - 0.5) * (4.0 * SHARPNESS * scale))
     snapped = lo + sharp * d
-    edge = (dd.sqrt() / MIN_CONTRAST).clamp(max=1.0)  # blend: smooth areas keep bilinear
+    # Blend weight: 0 below MIN_CONTRAST/2 (smooth areas keep bilinear), 1 above MIN_CONTRAST.
+    edge = ((dd.sqrt() - MIN_CONTRAST / 2) / (MIN_CONTRAST / 2)).clamp(0.0, 1.0)
     return (up + edge * (snapped - up)).clamp(0.0, 1.0)

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from dreamserve.engine.builtin.autoencoder import AEConfig, AutoEncoder
@@ -18,8 +17,14 @@ PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
 def export(ae: AutoEncoder, dit: DiT, meta: dict[str, Any], dest: Path = PACKAGE_WEIGHTS) -> None:
     """Write ae.safetensors, dit.safetensors (fp16) and config.json (both configs + provenance)."""
     dest.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().half().contiguous() for k, v in ae.state_dict().items()}, str(dest / "ae.safetensors"))
-    save_file({k: v.detach().half().contiguous() for k, v in dit.state_dict().items()}, str(dest / "dit.safetensors"))
+    save_file(
+        {k: v.detach().half().contiguous() for k, v in ae.state_dict().items()},
+        str(dest / "ae.safetensors"),
+    )
+    save_file(
+        {k: v.detach().half().contiguous() for k, v in dit.state_dict().items()},
+        str(dest / "dit.safetensors"),
+    )
     config = {"ae": ae.cfg.to_dict(), "dit": dit.cfg.to_dict(), "meta": meta}
     (dest / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 

@@ -1,0 +1,83 @@
+"""The engine end to end with the shipped weights (skipped only while none are shipped)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dreamserve.engine.base import Canceled, Generator, Progress, Task, load_generator
+from dreamserve.engine.builtin import weights
+from dreamserve.engine.builtin.render import Obj, Scene, render
+from dreamserve.request import SIZES_2K, GenerationRequest
+
+pytestmark = pytest.mark.skipif(not weights.available(), reason="no built-in weights shipped yet")
+
+
+@pytest.fixture(scope="module")
+def gen() -> Generator:
+    g = load_generator("builtin")
+    g.steps = 2  # type: ignore[attr-defined]  # the pipeline is the same at any step count
+    return g
+
+
+def _task(
+    w: int = 256, h: int = 256, images: list[Image.Image] | None = None, **kw: object
+) -> Task:
+    req = GenerationRequest.parse({"prompt": "a red circle on the left", **kw})
+    return Task(req, images or [], w, h, seed=int(kw.get("seed", 7)))  # type: ignore[arg-type]
+
+
+def test_loads_offline_and_is_a_generator(gen: Generator) -> None:
+    assert isinstance(gen, Generator) and gen.name == "builtin"
+
+
+def test_every_aspect_ratio_at_its_exact_size(gen: Generator) -> None:
+    for w, h in SIZES_2K.values():
+        w, h = w // 8, h // 8  # same aspect ratios, small enough for a quick test
+        (img,) = gen.generate(_task(w, h), lambda p: None, lambda: False)
+        assert img.size == (w, h)
+
+
+def test_4k_output_has_the_asked_pixels(gen: Generator) -> None:
+    (img,) = gen.generate(_task(4096, 4096), lambda p: None, lambda: False)
+    assert img.size == (4096, 4096)
+
+
+def test_deterministic_and_seed_dependent(gen: Generator) -> None:
+    a = gen.generate(_task(seed=3), lambda p: None, lambda: False)[0]
+    b = gen.generate(_task(seed=3), lambda p: None, lambda: False)[0]
+    c = gen.generate(_task(seed=4), lambda p: None, lambda: False)[0]
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_edit_and_references_take_input_images(gen: Generator) -> None:
+    src = render(Scene("white", (Obj("square", "blue", 0.5, 0.5, 0.3),)), 256, 256)
+    other = render(Scene("night sky", (), star_seed=2), 256, 256)
+    edit = _task(images=[src], prompt="make the blue square red")
+    assert gen.generate(edit, lambda p: None, lambda: False)[0].size == (256, 256)
+    refs = _task(
+        images=[src, other], prompt="put the blue square of image 1 on the background of image 2"
+    )
+    assert len(gen.generate(refs, lambda p: None, lambda: False)) == 1
+
+
+def test_sets_and_independent_outputs(gen: Generator) -> None:
+    steps: list[Progress] = []
+    task = _task(
+        prompt="three images of a red circle moving from left to right",
+        sequential_image_generation="auto",
+        max_images=3,
+    )
+    imgs = gen.generate(task, steps.append, lambda: False)
+    assert len(imgs) == 3 and steps[-1].step == steps[-1].total == 6
+    many = gen.generate(_task(num_outputs=2), lambda p: None, lambda: False)
+    assert not np.array_equal(np.asarray(many[0]), np.asarray(many[1]))
+
+
+def test_cancels_between_steps(gen: Generator) -> None:
+    seen: list[Progress] = []
+    with pytest.raises(Canceled):
+        gen.generate(_task(), seen.append, lambda: len(seen) >= 1)
+    assert len(seen) == 1
