@@ -53,7 +53,7 @@ class Settings:
             if raw is not None:
                 env[f.name] = _coerce(getattr(base, f.name), raw, f.name)
         given = {k: v for k, v in flags.items() if v is not None}
-        merged = replace(base, **env, **given)
+        merged = replace(base, **{**env, **given})
         return replace(merged, data_dir=Path(merged.data_dir))
 
 
