@@ -23,11 +23,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import uvicorn
 
 from dreamserve.config import Settings
+
+if TYPE_CHECKING:
+    from dreamserve.api.context import Services
+    from dreamserve.jobs.wakeup import Mailbox
 
 log = logging.getLogger("dreamserve.server")
 
@@ -176,6 +180,7 @@ async def _serve(settings: Settings) -> int:
     from dreamserve.jobs.webhooks import run_dispatcher
 
     services = build_services(settings)
+    mailbox = _push_wakeups(services)
     store = services.store
     refusal = check_open_bind(settings, store.has_keys())
     if refusal:
@@ -207,8 +212,24 @@ async def _serve(settings: Settings) -> int:
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await services.predictions.watcher.aclose()
         await asyncio.to_thread(pool.stop)
+        mailbox.close()
     return 0
+
+
+def _push_wakeups(services: Services) -> Mailbox:
+    """Workers learn of submits, and this process of changes, by push instead of polling."""
+    from dreamserve.jobs.store import SqlStore
+    from dreamserve.jobs.wakeup import CHANGES, Mailbox, wake_root
+    from dreamserve.service import ChangeWatcher, PredictionService
+
+    mailbox = Mailbox(wake_root(services.settings.data_dir), listen=CHANGES)
+    if isinstance(services.store, SqlStore):
+        services.store.notifier = mailbox
+    watcher = ChangeWatcher(services.store, mailbox)
+    services.predictions = PredictionService(services.store, watcher)
+    return mailbox
 
 
 async def _maintain(services: object, pool: WorkerPool, stop: asyncio.Event) -> None:

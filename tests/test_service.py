@@ -11,7 +11,8 @@ import pytest
 from dreamserve.jobs.model import NewPrediction
 from dreamserve.jobs.states import Status
 from dreamserve.jobs.store import SqlStore, open_store
-from dreamserve.service import PredictionService, health_report
+from dreamserve.jobs.wakeup import CHANGES, Mailbox
+from dreamserve.service import ChangeWatcher, PredictionService, health_report
 
 pytestmark = pytest.mark.anyio
 
@@ -151,3 +152,80 @@ def test_health_report() -> None:
     assert not health_report(True, {"workers": 2, "workers_alive": 0})[0]
     ready, body = health_report(False, {"queue_depth": None})
     assert not ready and body["status"] == "unavailable"
+
+
+# --- push wakeups (jobs/wakeup.py): the watcher hears of changes instead of polling for them
+
+
+class GetCountingStore(CountingStore):
+    def __init__(self, store: SqlStore) -> None:
+        super().__init__(store)
+        self.gets = 0
+
+    def get(self, prediction_id: str, owner: str | None = None) -> object:
+        self.gets += 1
+        return self._store.get(prediction_id, owner)
+
+
+@pytest.fixture
+def pushed(tmp_path: Path) -> Iterator[tuple[SqlStore, Mailbox]]:
+    """A store that pushes its changes, and the API's mailbox that hears them."""
+    root = tmp_path / "w"
+    listener, sender = Mailbox(root, CHANGES), Mailbox(root)
+    s = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}", notifier=sender)
+    yield s, listener
+    s.close()
+    listener.close()
+    sender.close()
+
+
+async def test_a_pushed_finish_wakes_the_waiter_and_the_row_is_read_once(
+    pushed: tuple[SqlStore, Mailbox],
+) -> None:
+    store, mailbox = pushed
+    counting = GetCountingStore(store)
+    # Polls an hour apart: only a pushed wakeup can end this wait in time.
+    watcher = ChangeWatcher(counting, mailbox, interval=3600.0)  # type: ignore[arg-type]
+    service = PredictionService(counting, watcher)  # type: ignore[arg-type]
+    try:
+        worker = asyncio.create_task(finish_soon(store))
+        p = await service.submit(new(), 30.0)
+        await worker
+        assert p.status == Status.SUCCEEDED and p.output == ("k",)
+        assert counting.polls == 0
+        # The submit's own row stands in for the first read, and the claim (processing) does
+        # not wake a waiter that waits for the end: one read, of the finished row.
+        assert counting.gets == 1
+    finally:
+        await watcher.aclose()
+
+
+async def test_a_lost_wakeup_costs_latency_not_the_answer(
+    tmp_path: Path, pushed: tuple[SqlStore, Mailbox]
+) -> None:
+    _, mailbox = pushed
+    quiet = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")  # the same db, pushing nothing
+    try:
+        watcher = ChangeWatcher(quiet, mailbox, interval=0.02)
+        service = PredictionService(quiet, watcher)
+        worker = asyncio.create_task(finish_soon(quiet))
+        p = await service.submit(new(), 30.0)
+        await worker
+        assert p.status == Status.SUCCEEDED  # the fallback poll found it
+        await watcher.aclose()
+    finally:
+        quiet.close()
+
+
+async def test_streams_wake_on_every_pushed_change(pushed: tuple[SqlStore, Mailbox]) -> None:
+    store, mailbox = pushed
+    watcher = ChangeWatcher(store, mailbox, interval=3600.0)
+    service = PredictionService(store, watcher)
+    try:
+        p = await service.submit(new(), None)
+        worker = asyncio.create_task(finish_soon(store))
+        seen = [s.status async for s in service.snapshots(p.id, heartbeat=30.0)]
+        await worker
+        assert seen == [Status.STARTING, Status.PROCESSING, Status.SUCCEEDED]
+    finally:
+        await watcher.aclose()

@@ -2,12 +2,14 @@
 
 Every public method is one short transaction; each status change goes through
 states.check_transition, bumps the change sequence (the API's watcher wakes waiters from it) and
-queues its webhooks in the same transaction (outbox.py).
+queues its webhooks in the same transaction (outbox.py). After the commit, an optional notifier
+pushes a wakeup (jobs/wakeup.py): WORK for something to claim, CHANGES for a changed prediction.
 """
 
 from __future__ import annotations
 
 import builtins
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,6 +19,9 @@ from dreamserve.jobs.connector import Connector, Row, Session, connect
 from dreamserve.jobs.model import Claim, NewPrediction, NotFound, Page, Prediction
 from dreamserve.jobs.states import Status, check_transition
 from dreamserve.jobs.store_records import RecordsMixin
+from dreamserve.jobs.wakeup import CHANGES, WORK, Notifier, changed
+
+log = logging.getLogger("dreamserve.store")
 
 SCHEMA_VERSION = 1
 
@@ -26,10 +31,25 @@ class SchemaTooNew(RuntimeError):
 
 
 class SqlStore(RecordsMixin):
-    def __init__(self, db: Connector, max_attempts: int = 3) -> None:
+    def __init__(
+        self, db: Connector, max_attempts: int = 3, notifier: Notifier | None = None
+    ) -> None:
         self.db = db
         self.max_attempts = max_attempts
+        self.notifier = notifier
         self._create_schema()
+
+    def _notify(self, work: bool = False, changes: Sequence[tuple[str, str]] = ()) -> None:
+        """Push wakeups after a commit; only ever latency is at stake, so nothing raises."""
+        if self.notifier is None:
+            return
+        try:
+            for prediction_id, status in changes:
+                self.notifier.notify(CHANGES, changed(prediction_id, status))
+            if work:
+                self.notifier.notify(WORK)
+        except Exception:
+            log.exception("push wakeup failed; listeners fall back to polling")
 
     def _create_schema(self) -> None:
         self.db.script("schema")
@@ -66,6 +86,7 @@ class SqlStore(RecordsMixin):
         }
         with self.db.write() as tx:
             row = tx.one("insert_prediction", seq=_next_seq(tx), **params)
+        self._notify(work=True)
         assert row is not None
         return rows.prediction(row)
 
@@ -106,13 +127,17 @@ class SqlStore(RecordsMixin):
         with self.db.write() as tx:
             row = _owned(tx.one("get_prediction", id=prediction_id), prediction_id, owner)
             status = Status(row["status"])
+            canceled = None
             if status is Status.STARTING:
-                return self._complete(tx, row, Status.CANCELED, now)
-            if status is Status.PROCESSING and not row["cancel_requested"]:
+                canceled = self._complete(tx, row, Status.CANCELED, now)
+            elif status is Status.PROCESSING and not row["cancel_requested"]:
                 flagged = tx.one("flag_cancel", seq=_next_seq(tx), id=prediction_id)
                 assert flagged is not None
                 row = flagged
-        return rows.prediction(row)
+        if canceled is None:
+            return rows.prediction(row)
+        self._notify(changes=[(prediction_id, canceled.status.value)])
+        return canceled
 
     # --- worker side
 
@@ -132,6 +157,7 @@ class SqlStore(RecordsMixin):
             p = rows.prediction(row)
             if row["started_at"] == now:  # the first claim: Replicate's `start` event
                 outbox.queue_event(tx, p, "start", now, row["webhook_throttled_at"])
+        self._notify(changes=[(p.id, p.status.value)])
         return Claim(p, worker_id, lease)
 
     def heartbeat(self, prediction_id: str, worker_id: str, lease_seconds: float) -> bool:
@@ -155,6 +181,7 @@ class SqlStore(RecordsMixin):
                 assert full is not None
                 p = rows.prediction(full)
                 outbox.queue_event(tx, p, "logs", now, full["webhook_throttled_at"])
+        self._notify(changes=[(prediction_id, Status.PROCESSING.value)])
         return _stop(row, now)
 
     def should_stop(self, prediction_id: str, worker_id: str) -> bool:
@@ -183,7 +210,9 @@ class SqlStore(RecordsMixin):
                 raise NotFound(prediction_id)
             if row["status"] != Status.PROCESSING or row["worker_id"] != worker_id:
                 return rows.prediction(row)  # lost the lease: the current holder decides
-            return self._complete(tx, row, status, now, output, error, metrics, _line(log))
+            done = self._complete(tx, row, status, now, output, error, metrics, _line(log))
+        self._notify(changes=[(prediction_id, done.status.value)])
+        return done
 
     def release(self, prediction_id: str, worker_id: str) -> bool:
         now = time.time()
@@ -191,7 +220,8 @@ class SqlStore(RecordsMixin):
             row = tx.one("get_prediction", id=prediction_id)
             if row is None or row["status"] != Status.PROCESSING or row["worker_id"] != worker_id:
                 return False
-            self._requeue_or_end(tx, row, now, refund=1, may_fail=False)
+            status = self._requeue_or_end(tx, row, now, refund=1, may_fail=False)
+        self._notify(status is Status.STARTING, [(prediction_id, status.value)])
         return True
 
     # --- maintenance
@@ -202,17 +232,21 @@ class SqlStore(RecordsMixin):
         with self.db.read() as tx:  # the common case, nothing to do, takes no write lock
             if not any(tx.all(name, now=now) for name in checks):
                 return 0
+        changes: builtins.list[tuple[str, str]] = []
         with self.db.write() as tx:
             expired = tx.all("expired_leases", now=now)
             for row in expired:
-                self._requeue_or_end(tx, row, now, refund=0, may_fail=True)
+                status = self._requeue_or_end(tx, row, now, refund=0, may_fail=True)
+                changes.append((row["id"], status.value))
             unclaimed = tx.all("overdue_unclaimed", now=now)
             for row in unclaimed:
                 self._complete(tx, row, Status.CANCELED, now, error=DEADLINE_ERROR)
+                changes.append((row["id"], Status.CANCELED.value))
             # The worker sees the flag at its next step and finishes the prediction canceled.
             claimed = tx.all("overdue_claimed", now=now)
             for row in claimed:
                 tx.run("flag_cancel", seq=_next_seq(tx), id=row["id"])
+        self._notify(any(s == Status.STARTING.value for _, s in changes), changes)
         return len(expired) + len(unclaimed) + len(claimed)
 
     def release_leases(self) -> int:
@@ -223,27 +257,27 @@ class SqlStore(RecordsMixin):
         now = time.time()
         with self.db.write() as tx:
             held = tx.all("all_leases")
-            for row in held:
-                self._requeue_or_end(tx, row, now, refund=0, may_fail=False)
+            statuses = [self._requeue_or_end(tx, r, now, refund=0, may_fail=False) for r in held]
             tx.run("release_deliveries")
+        self._notify(Status.STARTING in statuses)
         return len(held)
 
     def _requeue_or_end(
         self, tx: Session, row: Row, now: float, refund: int, may_fail: bool
-    ) -> None:
+    ) -> Status:
         """A claim ended without a result: re-run it, unless it was to be canceled anyway or
         (`may_fail`) its workers keep dying: then it fails with the reason, not silently.
         `refund` takes the claim back off the attempt count."""
         p = rows.prediction(row)
         if p.cancel_requested or (p.deadline is not None and now >= p.deadline):
             error = DEADLINE_ERROR if not p.cancel_requested else None
-            self._complete(tx, row, Status.CANCELED, now, error=error)
-        elif may_fail and p.attempts >= self.max_attempts:
+            return self._complete(tx, row, Status.CANCELED, now, error=error).status
+        if may_fail and p.attempts >= self.max_attempts:
             error = f"worker died while running this prediction ({p.attempts} attempts)"
-            self._complete(tx, row, Status.FAILED, now, error=error)
-        else:
-            check_transition(p.status, Status.STARTING)
-            tx.run("requeue", seq=_next_seq(tx), id=p.id, refund=refund)
+            return self._complete(tx, row, Status.FAILED, now, error=error).status
+        check_transition(p.status, Status.STARTING)
+        tx.run("requeue", seq=_next_seq(tx), id=p.id, refund=refund)
+        return Status.STARTING
 
     def _complete(
         self,
@@ -333,6 +367,6 @@ def _owned(row: Row | None, prediction_id: str, owner: str | None) -> Row:
     return row
 
 
-def open_store(url: str, max_attempts: int = 3) -> SqlStore:
+def open_store(url: str, max_attempts: int = 3, notifier: Notifier | None = None) -> SqlStore:
     """Open (and create or upgrade) the store at `url`, e.g. "sqlite:///data/dreamserve.db"."""
-    return SqlStore(connect(url), max_attempts=max_attempts)
+    return SqlStore(connect(url), max_attempts=max_attempts, notifier=notifier)

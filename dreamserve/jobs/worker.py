@@ -24,10 +24,13 @@ from dreamserve.engine.base import Canceled, CancelFn, Progress, ProgressFn
 from dreamserve.jobs.model import Claim, Prediction, Store
 from dreamserve.jobs.states import Status
 from dreamserve.jobs.store import DEADLINE_ERROR
+from dreamserve.jobs.wakeup import Mailbox
 
 log = logging.getLogger("dreamserve.worker")
 
 IDLE_MIN, IDLE_MAX, IDLE_GROWTH = 0.001, 0.1, 1.3  # seconds between polls of an idle queue
+# With push wakeups an idle worker polls only to catch a lost one.
+IDLE_FALLBACK = 0.1
 RECOVER_EVERY = 1.0  # seconds between store.recover() passes (expired leases, deadlines)
 PROGRESS_INTERVAL = 0.1  # at most ~10 progress writes a second
 CANCEL_CHECK_INTERVAL = 0.05  # between cheap reads of the cancel flag when no write told us
@@ -113,8 +116,10 @@ class Worker:
         lease_seconds: float = 30.0,
         input_errors: Sequence[type[Exception]] = (),
         worker_id: str | None = None,
+        wakeup: Mailbox | None = None,
     ) -> None:
         self.store, self.runner, self.lease_seconds = store, runner, lease_seconds
+        self.wakeup = wakeup if wakeup is not None and wakeup.listening else None
         self.input_errors = tuple(input_errors)
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.stopping = threading.Event()
@@ -124,6 +129,8 @@ class Worker:
     def stop(self) -> None:
         """Stop claiming; the current prediction stops at its next step and is released."""
         self.stopping.set()
+        if self.wakeup is not None:
+            self.wakeup.poke()  # an idle loop waits on the mailbox, not on `stopping`
 
     def run(self) -> None:
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
@@ -141,6 +148,8 @@ class Worker:
                 continue
             if ran:
                 idle = IDLE_MIN
+            elif self.wakeup is not None:
+                self.wakeup.wait(IDLE_FALLBACK)  # a submit's WORK wakeup ends it at once
             else:
                 self.stopping.wait(idle)
                 idle = min(IDLE_MAX, idle * IDLE_GROWTH)
@@ -217,16 +226,21 @@ def run_worker(settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from dreamserve.engine.base import load_generator
     from dreamserve.jobs.store import open_store
+    from dreamserve.jobs.wakeup import WORK, wake_root
     from dreamserve.runner import InputError, Runner
 
-    store = open_store(settings.store_url, max_attempts=settings.max_attempts)
+    mailbox = Mailbox(wake_root(settings.data_dir), listen=WORK)
+    store = open_store(settings.store_url, max_attempts=settings.max_attempts, notifier=mailbox)
     try:
         generator = load_generator(settings.generator)
     except Exception:
         log.exception("could not load generator %r", settings.generator)
+        mailbox.close()
         return 1
     runner = Runner(settings, store, generator)
-    worker = Worker(store, runner, settings.lease_seconds, input_errors=(InputError,))
+    worker = Worker(
+        store, runner, settings.lease_seconds, input_errors=(InputError,), wakeup=mailbox
+    )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("worker %s: signal %d, stopping", worker.id, signum)
@@ -240,4 +254,5 @@ def run_worker(settings: Settings) -> int:
     finally:
         runner.close()
         store.close()
+        mailbox.close()
     return 0
