@@ -38,7 +38,8 @@ class TestGenerator:
         for step in range(1, self.steps + 1):
             if should_cancel():
                 raise Canceled()
-            time.sleep(self.step_seconds)
+            if self.step_seconds:  # sleep(0) still yields the CPU: "instant" must not
+                time.sleep(self.step_seconds)
             on_progress(Progress(step, self.steps, f"step {step}/{self.steps}"))
         if self.fail:
             raise RuntimeError("the test generator was asked to fail")
