@@ -36,7 +36,7 @@ class AEConfig:
     enc_ch: tuple[int, ...] = (32, 64, 128, 192)  # after each stride-2 stage: /2 /4 /8 /16
     dec_ch: tuple[int, ...] = (192, 128, 96, 64)  # at /16 /8 /4 /2 of the input
     latent_scale: float = 1.0  # set after training from the latents' std
-    latent_noise: float = 0.1  # decoder trained on noisy latents so DiT errors decode gracefully
+    latent_noise: float = 0.05  # decoder trained on noisy latents so DiT errors decode gracefully
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -32,7 +32,7 @@ class TrainConfig:
     seed: int = 1234
     ae: AEConfig = field(default_factory=AEConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
-    ae_minutes: float = 14.0
+    ae_minutes: float = 15.0
     ae_batch: int = 24
     ae_lr: float = 2e-3
     ae_max_steps: int = 10**9
