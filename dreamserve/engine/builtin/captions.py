@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from dreamserve.engine.builtin.render import (
     BACKGROUNDS,
-    COLORS,
     PLAIN,
     SHAPES,
     SIZES,
@@ -209,7 +208,3 @@ def realize(spec: PromptSpec, rnd: random.Random) -> Scene:
                     x, y = _free_spot(objs, s, rnd)
                 objs.append(Obj(o.shape, o.color, x, y, s))
     return Scene(spec.background, tuple(objs), star_seed=rnd.randrange(1 << 30))
-
-
-def color_names() -> list[str]:
-    return list(COLORS)

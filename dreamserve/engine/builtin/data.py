@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +86,12 @@ def make_specs(
 
 
 def build_pools(
-    seed: int, n_t2i: int, n_edit: int, n_ref: int, cache_dir: Path, log: object = print
+    seed: int,
+    n_t2i: int,
+    n_edit: int,
+    n_ref: int,
+    cache_dir: Path,
+    log: Callable[[str], None] = print,
 ) -> Pools:
     t2i, edit, ref = make_specs(seed, n_t2i, n_edit, n_ref)
     texts = sorted({s.text for s in t2i} | {s.text for s in edit} | {s.text for s in ref})
@@ -103,7 +109,7 @@ def build_pools(
             states[i : i + len(s), : s.shape[1]] = s.half()
             lengths[i : i + len(s)] = m.sum(1)
             if i % 2048 == 0:
-                log(f"text states {i}/{len(texts)}")  # type: ignore[operator]
+                log(f"text states {i}/{len(texts)}")
         cache_dir.mkdir(parents=True, exist_ok=True)
         torch.save({"states": states, "lengths": lengths}, cache)
     return Pools(t2i, edit, ref, texts, states, lengths, {t: i for i, t in enumerate(texts)})

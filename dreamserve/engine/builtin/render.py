@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -85,16 +85,12 @@ class Obj:
     y: float  # centre, fraction of height
     size: float  # bounding-box side, fraction of the short side
 
-    def moved(self, **kw: float | str) -> Obj:
-        return replace(self, **kw)  # type: ignore[arg-type]
-
 
 @dataclass(frozen=True)
 class Scene:
     background: str
     objects: tuple[Obj, ...] = ()
     star_seed: int = 0  # where the night sky's stars go; part of the scene, not the caption
-    extra: dict[str, str] = field(default_factory=dict, compare=False)
 
 
 @functools.lru_cache(maxsize=64)

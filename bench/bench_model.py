@@ -1,0 +1,166 @@
+"""Built-in model speed: request to encoded file at 1K, 2K and 4K on this CPU, side by side.
+
+Runs the worker's own path (dreamserve.runner.render: generate, resize, encode) with the
+shipped weights and reports the best of REPEATS wall times per size, the share of that time
+spent in the text encoder, the transformer, the decoder (autoencoder decode + sharp upscale)
+and the image encoder (JPEG/PNG), and the transformer's FLOP/s against a matmul peak measured
+in the same run with the same thread count. Writes "## Built-in model speed" in BENCHMARKS.md.
+
+    .venv/bin/python -m bench.bench_model [--threads 2] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.report import write_section
+from dreamserve.engine.builtin.dit import DiT
+from dreamserve.engine.builtin.pipeline import BuiltinGenerator
+from dreamserve.request import GenerationRequest
+from dreamserve.runner import render
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "a large red star at the top left on a grass field"
+TARGETS = {"1K": 1.5, "2K": 3.0, "4K": 8.0}
+
+
+def matmul_peak(n: int = 2048, reps: int = 8) -> float:
+    """Best observed fp32 GFLOP/s of an n x n matmul (the machine's practical peak)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+class Timers:
+    """Wraps methods to add their wall time to named buckets."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.originals: list[tuple[Any, str, Any]] = []
+
+    def restore(self) -> None:
+        for obj, attr, fn in reversed(self.originals):
+            setattr(obj, attr, fn)
+
+    def wrap(self, obj: Any, attr: str, bucket: str) -> None:
+        fn: Callable[..., Any] = getattr(obj, attr)
+        self.originals.append((obj, attr, fn))
+
+        def timed(*args: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kw)
+            finally:
+                self.seconds[bucket] = self.seconds.get(bucket, 0.0) + time.perf_counter() - t
+
+        setattr(obj, attr, timed)
+
+
+def dit_flops(dit: DiT, tokens_h: int, tokens_w: int, text_len: int) -> float:
+    """FLOPs of one guided transformer call (batch 2: prompt and no-prompt)."""
+    x = torch.randn(2, dit.cfg.latent_ch, tokens_h, tokens_w)
+    text, mask = torch.randn(2, text_len, 384), torch.ones(2, text_len, dtype=torch.bool)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        dit(x, torch.rand(2), text, mask, [])
+    return float(counter.get_total_flops())
+
+
+def run_size(gen: BuiltinGenerator, size: str, repeats: int, fmt: str) -> dict[str, float]:
+    inputs = {"prompt": PROMPT, "size": size, "aspect_ratio": "1:1", "seed": 1}
+    req = GenerationRequest.parse(inputs | {"output_format": fmt})
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        timers = Timers()
+        s = gen.sampler
+        timers.wrap(s, "text", "text encoder")
+        timers.wrap(s, "dit", "transformer")
+        timers.wrap(s, "render", "decoder + upscale")
+        t = time.perf_counter()
+        out = render(req, [], gen, lambda p: None, lambda: False)
+        total = time.perf_counter() - t
+        timers.restore()
+        if not best or total < best["total"]:
+            best = dict(timers.seconds) | {
+                "total": total,
+                "image encoder": out.metrics["encode_time"],
+            }
+    return best
+
+
+COLUMNS = ("text encoder", "transformer", "decoder + upscale", "image encoder")
+
+
+def table(rows: dict[str, dict[str, float]], peak: float, flops: float) -> str:
+    head = [
+        "size",
+        "pixels",
+        "total s",
+        "target s",
+        "met",
+        *COLUMNS,
+        "transformer GFLOP/s",
+        "% of peak",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for size, r in rows.items():
+        tot = r["total"]
+        gflops = flops / max(r.get("transformer", 1e-9), 1e-9) / 1e9
+        cells = [
+            size,
+            {"1K": "1024x1024", "2K": "2048x2048", "4K": "4096x4096"}[size],
+            f"{tot:.2f}",
+            f"{TARGETS[size]}",
+            "yes" if tot <= TARGETS[size] else "no",
+            *(f"{100 * r.get(k, 0.0) / tot:.0f}%" for k in COLUMNS),
+            f"{gflops:.1f}",
+            f"{100 * gflops / peak:.0f}%",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--format", default="jpg", choices=("jpg", "png", "webp"))
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
+    gen = BuiltinGenerator()
+    peak = matmul_peak()
+    text_len = int(gen.sampler.text([PROMPT])[1].sum())
+    flops = dit_flops(gen.sampler.dit, 8, 8, text_len) * gen.steps
+    run_size(gen, "1K", 1, args.format)  # warm-up: first calls allocate and pick kernels
+    rows = {size: run_size(gen, size, args.repeats, args.format) for size in ("1K", "2K", "4K")}
+    body = (
+        f"Request to encoded {args.format.upper()} file (dreamserve.runner.render, "
+        "text-to-image, 1:1), "
+        f"best of {args.repeats}, torch {torch.__version__} on {args.threads} threads of "
+        f"{os.cpu_count()} CPUs; {gen.steps} sampling steps with classifier-free guidance "
+        f"(batch 2 per step). Matmul peak measured in the same run: {peak:.1f} GFLOP/s "
+        "(fp32 2048^3). "
+        f"Transformer work: {flops / 1e9:.2f} GFLOP per image.\n\n"
+        + table(rows, peak, flops)
+        + "\n\nShares are of the total; the rest is Python glue, seeding and resizing. "
+        "Rerun: `.venv/bin/python -m bench.bench_model`."
+    )
+    write_section(ROOT / "BENCHMARKS.md", "Built-in model speed", body)
+    print(body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,36 @@
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dreamserve.engine.builtin import evaluate, train
+from dreamserve.engine.builtin.evaluate import TARGETS, Tally, markdown, table
+
+
+def test_table_marks_each_target_met_or_not() -> None:
+    t = Tally()
+    for good in (True, True, False, True):
+        t.add("count", good)
+    t.add("color_shape", True)
+    t.psnrs += [30.0, 20.0, 29.0]
+    rows = table(t)
+    assert rows == {"color_shape": 1.0, "count": 0.75, "edit_psnr_db": 29.0}
+    md = markdown(rows, {"count": 4, "color_shape": 1, "edit_psnr_db": 3})
+    assert "| count | 75.0% (n=4) | >= 80% | no |" in md
+    assert "| edit_psnr_db | 29.0 dB | >= 28 dB | yes |" in md
+    assert set(TARGETS) >= {"color_shape", "position", "relation", "count", "edit", "reference"}
+
+
+@pytest.mark.slow
+def test_eval_scores_a_checkpoint_and_writes_report_and_grid(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert train.main(out=run, config="tiny") == 0
+    out = tmp_path / "eval"
+    assert evaluate.main(checkpoint=run / "ckpt.pt", samples=2, out=out) == 0
+    report = json.loads((out / "report.json").read_text())
+    for key in ("color_shape", "relation", "count", "edit", "reference", "edit_psnr_db"):
+        assert key in report["results"]
+    assert report["counts"]["color_shape"] == 2
+    assert Image.open(out / "grid.png").width > 256
+    assert "| metric | result | target | met |" in (out / "report.md").read_text()
