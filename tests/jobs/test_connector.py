@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from dreamserve.jobs import connector
 from dreamserve.jobs.connector import SqliteConnector, connect
 
 
@@ -75,3 +77,24 @@ def test_busy_gives_up_after_the_timeout(tmp_path: Path) -> None:
     other.execute("ROLLBACK")
     other.close()
     db.close()
+
+
+def test_commits_never_checkpoint_but_a_background_thread_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(connector, "CHECKPOINT_EVERY", 3)
+    db = SqliteConnector(tmp_path / "t.db")
+    db.script("schema")  # commit 1
+    with db.read() as tx:
+        assert tx.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    size_before = (tmp_path / "t.db").stat().st_size
+    for key in ("a", "b"):  # commits 2 and 3: the third wakes the checkpointer
+        with db.write() as tx:
+            tx.run("put_meta_if_absent", key=key, value="x" * 200_000)
+    # The rows reach the database file itself only through a checkpoint.
+    deadline = time.monotonic() + 30
+    while (tmp_path / "t.db").stat().st_size < size_before + 400_000:
+        assert time.monotonic() < deadline, "no checkpoint copied the WAL back"
+        time.sleep(0.01)
+    db.close()
+    assert not any(t.name == "wal-checkpoint" and t.is_alive() for t in threading.enumerate())
