@@ -6,10 +6,14 @@ log change: `CHANGES` with "<id> <status>"), and processes listen on one channel
 polls the store as a fallback, so a lost message delays a prediction but never loses it.
 
 Here (SQLite, one host) each listening process binds a UNIX datagram socket in
-`<data_dir>/wake/<channel>/`, and a notify sends one datagram to every socket there. Sends
-never block and never raise: a full peer is busy anyway (it drains everything on its next
-look), and a socket whose process died is unlinked. PostgreSQL maps the same interface onto
-LISTEN/NOTIFY, which is why messages are short strings on named channels and nothing more.
+`<data_dir>/wake/<channel>/`, and a notify sends one datagram to every socket there, except on
+WORK: one item needs one worker, and waking them all cost each loser a claim attempt (about
+1 ms of CPU per prediction with two workers), so a busy worker steps out of the folder
+(`set_idle(False)`) and a WORK notify wakes one idle worker. Sends never block and never raise:
+a full peer is busy anyway (it drains everything on its next look), and a socket whose process
+died is unlinked. PostgreSQL maps the same interface onto LISTEN/NOTIFY (there every listener
+hears a WORK notify and SKIP LOCKED sorts them out), which is why messages are short strings
+on named channels and nothing more.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import contextlib
 import errno
 import logging
 import os
+import random
 import secrets
 import select
 import socket
@@ -28,8 +33,10 @@ log = logging.getLogger("dreamserve.wakeup")
 
 WORK = "work"  # the queue has something: workers, try a claim
 CHANGES = "changes"  # "<prediction id> <status>": API processes, wake its waiters
+ONE_LISTENER = frozenset({WORK})  # channels whose notify wakes one (idle) listener, not all
 MAX_MESSAGE = 256  # bytes; a prediction id and a status fit many times over
 SUFFIX = ".sock"
+BUSY = ".busy"  # <channel>.busy/: where a busy listener's socket waits out its work
 
 
 class Notifier(Protocol):
@@ -50,6 +57,7 @@ class Mailbox:
         self.root = Path(root)
         self.channel = listen
         self.path: Path | None = None
+        self.idle = True
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
         if listen is not None:
@@ -66,6 +74,24 @@ class Mailbox:
             log.warning("no push wakeups on %s (%s); falling back to polling", path, exc)
             return
         self.path = path
+        if channel in ONE_LISTENER:
+            (self.root / (channel + BUSY)).mkdir(exist_ok=True)
+            _remove_dead(self.root / (channel + BUSY))  # senders never look in there
+
+    def set_idle(self, idle: bool) -> bool:
+        """On a ONE_LISTENER channel, join (idle) or leave (busy) the listeners a notify may
+        wake; messages still arrive either way. True when the state changed."""
+        if self.path is None or self.channel not in ONE_LISTENER or idle == self.idle:
+            return False
+        folder = self.channel if idle else self.channel + BUSY
+        target = self.root / folder / self.path.name
+        try:
+            os.rename(self.path, target)  # the bound socket moves with its file
+        except OSError as exc:
+            log.warning("could not move %s (%s)", self.path, exc)
+            return False
+        self.path, self.idle = target, idle
+        return True
 
     @property
     def listening(self) -> bool:
@@ -77,22 +103,27 @@ class Mailbox:
     def notify(self, channel: str, message: str = "") -> None:
         data = message.encode()[:MAX_MESSAGE]
         try:
-            peers = list(os.scandir(self.root / channel))
+            peers = [e.path for e in os.scandir(self.root / channel) if e.name.endswith(SUFFIX)]
         except OSError:  # nobody ever listened on this channel
             return
-        for entry in peers:
-            if entry.name.endswith(SUFFIX):
-                self._send(entry.path, data)
+        if channel in ONE_LISTENER:
+            random.shuffle(peers)  # spread the work; the first that takes it is enough
+        for path in peers:
+            if self._send(path, data) and channel in ONE_LISTENER:
+                return
 
-    def _send(self, path: str, data: bytes) -> None:
+    def _send(self, path: str, data: bytes) -> bool:
         try:
             self._sock.sendto(data, path)
         except OSError as exc:
-            if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            if exc.errno == errno.ECONNREFUSED:
                 # Nobody reads there any more: its process died without cleaning up.
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-            # EAGAIN (its buffer is full) and anything else: the peer's polling covers it.
+            # ENOENT (it just moved: busy now), EAGAIN (its buffer is full), anything else:
+            # the peer's polling covers it.
+            return False
+        return True
 
     def drain(self) -> list[str]:
         """Every message waiting now, oldest first; never blocks."""
@@ -125,6 +156,21 @@ class Mailbox:
                 os.unlink(self.path)
             self.path = None
         self._sock.close()
+
+
+def _remove_dead(folder: Path) -> None:
+    """Unlink the sockets of dead processes (connect is refused; a live one is not woken)."""
+    for entry in os.scandir(folder):
+        if not entry.name.endswith(SUFFIX):
+            continue
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect(entry.path)
+            except ConnectionRefusedError:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+            except OSError:
+                pass
 
 
 def wake_root(data_dir: Path) -> Path:

@@ -24,7 +24,7 @@ from dreamserve.engine.base import Canceled, CancelFn, Progress, ProgressFn
 from dreamserve.jobs.model import Claim, Prediction, Store
 from dreamserve.jobs.states import Status
 from dreamserve.jobs.store import DEADLINE_ERROR
-from dreamserve.jobs.wakeup import Mailbox
+from dreamserve.jobs.wakeup import WORK, Mailbox
 
 log = logging.getLogger("dreamserve.worker")
 
@@ -149,7 +149,10 @@ class Worker:
             if ran:
                 idle = IDLE_MIN
             elif self.wakeup is not None:
-                self.wakeup.wait(IDLE_FALLBACK)  # a submit's WORK wakeup ends it at once
+                # Back among the idle workers a submit wakes; what was submitted while we
+                # were still busy woke nobody, so look once more before waiting.
+                if not self.wakeup.set_idle(True):
+                    self.wakeup.wait(IDLE_FALLBACK)  # a submit's WORK wakeup ends it at once
             else:
                 self.stopping.wait(idle)
                 idle = min(IDLE_MAX, idle * IDLE_GROWTH)
@@ -161,6 +164,8 @@ class Worker:
         claim = self.store.claim(self.id, self.lease_seconds)
         if claim is None:
             return False
+        if self.wakeup is not None and self.wakeup.set_idle(False):
+            self._pass_on()
         job = Job(self.store, claim, self.stopping)
         self.current = job
         try:
@@ -168,6 +173,15 @@ class Worker:
         finally:
             self.current = None
         return True
+
+    def _pass_on(self) -> None:
+        """A submit wakes one idle worker; if more is queued, wake another for it."""
+        assert self.wakeup is not None
+        try:
+            if self.store.queue_depth() > 0:
+                self.wakeup.notify(WORK)
+        except Exception:  # the others' polling covers it
+            log.exception("worker %s: could not pass on the queue", self.id)
 
     def _execute(self, job: Job) -> None:
         p = job.claim.prediction
@@ -226,7 +240,7 @@ def run_worker(settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from dreamserve.engine.base import load_generator
     from dreamserve.jobs.store import open_store
-    from dreamserve.jobs.wakeup import WORK, wake_root
+    from dreamserve.jobs.wakeup import wake_root
     from dreamserve.runner import InputError, Runner
 
     mailbox = Mailbox(wake_root(settings.data_dir), listen=WORK)

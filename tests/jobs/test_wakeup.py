@@ -38,14 +38,16 @@ def open_box(boxes: list[Mailbox], root: Path, listen: str | None) -> Mailbox:
 def test_a_notify_reaches_every_listener_on_its_channel_only(
     root: Path, boxes: list[Mailbox]
 ) -> None:
-    workers = [open_box(boxes, root, WORK) for _ in range(2)]
-    api = open_box(boxes, root, CHANGES)
+    worker = open_box(boxes, root, WORK)
+    apis = [open_box(boxes, root, CHANGES) for _ in range(2)]
     sender = open_box(boxes, root, None)
     sender.notify(WORK, "go")
-    assert [w.wait(5.0) for w in workers] == [["go"], ["go"]]
-    assert api.drain() == []
+    assert worker.wait(5.0) == ["go"]
+    assert [api.drain() for api in apis] == [[], []]
     sender.notify(CHANGES, changed("abc", "succeeded"))
-    assert [parse_changed(m) for m in api.wait(5.0)] == [("abc", "succeeded")]
+    for api in apis:
+        assert [parse_changed(m) for m in api.wait(5.0)] == [("abc", "succeeded")]
+    assert worker.drain() == []
 
 
 def test_notify_without_listeners_and_wait_without_messages_are_quiet(
@@ -60,15 +62,27 @@ def test_notify_without_listeners_and_wait_without_messages_are_quiet(
 def test_a_dead_listeners_socket_is_removed_by_the_next_sender(
     root: Path, boxes: list[Mailbox]
 ) -> None:
-    (root / WORK).mkdir(parents=True)
-    dead = root / WORK / f"1-dead{SUFFIX}"
+    (root / CHANGES).mkdir(parents=True)
+    dead = root / CHANGES / f"1-dead{SUFFIX}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(dead))
     sock.close()  # like a kill -9: the file stays, nobody reads it
+    live = open_box(boxes, root, CHANGES)
+    open_box(boxes, root, None).notify(CHANGES, "x starting")
+    assert not dead.exists()
+    assert live.wait(5.0) == ["x starting"]
+
+
+def test_work_skips_a_dead_worker_for_a_live_one(root: Path, boxes: list[Mailbox]) -> None:
+    (root / WORK).mkdir(parents=True)
+    dead = [root / WORK / f"{n}-dead{SUFFIX}" for n in range(5)]
+    for path in dead:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(path))
+        sock.close()
     live = open_box(boxes, root, WORK)
     open_box(boxes, root, None).notify(WORK)
-    assert not dead.exists()
-    assert live.wait(5.0) == [""]
+    assert live.wait(5.0) == [""]  # however the peers were shuffled
 
 
 def test_close_removes_the_socket_and_poke_wakes_its_own_wait(
@@ -139,3 +153,48 @@ def test_listeners_of_one_process_get_distinct_sockets(root: Path, boxes: list[M
     a, b = open_box(boxes, root, WORK), open_box(boxes, root, WORK)
     assert a.path != b.path
     assert a.path is not None and a.path.name.startswith(f"{os.getpid()}-")
+
+
+def test_work_wakes_one_idle_worker_and_busy_ones_step_aside(
+    root: Path, boxes: list[Mailbox]
+) -> None:
+    a, b = open_box(boxes, root, WORK), open_box(boxes, root, WORK)
+    sender = open_box(boxes, root, None)
+    sender.notify(WORK)
+    assert sorted([len(a.drain()), len(b.drain())]) == [0, 1]  # one item, one worker
+    assert a.set_idle(False) and not a.set_idle(False)  # changed once, then already busy
+    for _ in range(5):
+        sender.notify(WORK)
+    assert a.drain() == [] and len(b.drain()) == 5  # only the idle one is asked
+    a.poke()  # a busy mailbox still hears its own messages
+    assert a.wait(5.0) == [""]
+    assert a.set_idle(True)
+    assert b.set_idle(False)
+    sender.notify(WORK)
+    assert a.wait(5.0) == [""]
+    path = b.path
+    assert path is not None and path.parent.name == WORK + ".busy"
+    b.close()
+    assert not path.exists()
+
+
+def test_changes_reach_every_listener_busy_or_not(root: Path, boxes: list[Mailbox]) -> None:
+    apis = [open_box(boxes, root, CHANGES) for _ in range(2)]
+    assert not apis[0].set_idle(False)  # only WORK listeners step aside
+    open_box(boxes, root, None).notify(CHANGES, "x succeeded")
+    assert [api.wait(5.0) for api in apis] == [["x succeeded"], ["x succeeded"]]
+
+
+def test_dead_busy_sockets_are_swept_when_a_worker_starts(root: Path, boxes: list[Mailbox]) -> None:
+    busy = root / (WORK + ".busy")
+    busy.mkdir(parents=True)
+    dead = busy / f"1-dead{SUFFIX}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(dead))
+    sock.close()
+    live = open_box(boxes, root, WORK)
+    assert live.set_idle(False)
+    open_box(boxes, root, WORK)  # a new worker starts: the dead one goes, the live one stays
+    assert not dead.exists()
+    assert live.path is not None and live.path.exists()
+    assert live.drain() == []  # and the sweep did not wake it

@@ -188,3 +188,30 @@ def test_concurrent_workers_run_each_prediction_exactly_once(store_url: str) -> 
 def test_run_worker_exits_nonzero_when_the_engine_cannot_load(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, generator="tests.jobs.no_such_module:factory")
     assert run_worker(settings) == 1
+
+
+def test_with_a_mailbox_submits_wake_the_worker_and_busy_it_steps_aside(
+    tmp_path: Path, store_url: str, store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dreamserve.jobs.wakeup import WORK, Mailbox
+
+    root = tmp_path / "w"
+    mailbox, sender = Mailbox(root, WORK), Mailbox(root)
+    api = open_store(store_url, notifier=sender)  # the API's store: it pushes WORK
+    seen_busy: list[bool] = []
+
+    def on_step(p: Prediction, step: int) -> None:
+        seen_busy.append(not mailbox.idle)
+
+    worker = Worker(store, StepRunner(on_step=on_step), wakeup=mailbox, worker_id="w1")
+    try:
+        # Polls a minute apart: only the pushed wakeups can get these done in the test.
+        monkeypatch.setattr(worker_module, "IDLE_FALLBACK", 60.0)
+        with running(worker):
+            ids = [api.submit(new_prediction()).id for _ in range(3)]
+            assert all(_wait(store, i, timeout=30).status is Status.SUCCEEDED for i in ids)
+        assert seen_busy and all(seen_busy)  # out of the idle set while it computes
+    finally:
+        api.close()
+        mailbox.close()
+        sender.close()
