@@ -1,6 +1,7 @@
-"""The autoencoder: 16x spatial compression into a small latent grid, decoded at 2x.
+"""The autoencoder: 4x spatial compression into a small latent grid, decoded at 2x.
 
-The encoder maps a (3, 16h, 16w) image to a (C, h, w) latent; the decoder maps it back to
+The encoder maps a (3, 16h, 16w) image to a (C, 4h, 4w) latent, which the DiT reads as
+(C*16, h, w) tokens (space-to-depth, `patch`); the decoder maps it back to
 (3, 32h, 32w): it is trained against scenes rendered natively at twice the input resolution,
 so it learns to draw edges at sub-pixel precision instead of blurring them (ESPCN-style
 pixel-shuffle head). Latents are scaled by `latent_scale` so the DiT sees roughly unit variance.
@@ -32,11 +33,15 @@ class ResConv(nn.Module):
 
 @dataclass
 class AEConfig:
-    latent_ch: int = 16
-    enc_ch: tuple[int, ...] = (32, 64, 128, 192)  # after each stride-2 stage: /2 /4 /8 /16
-    dec_ch: tuple[int, ...] = (192, 128, 96, 64)  # at /16 /8 /4 /2 of the input
+    latent_ch: int = 8
+    enc_ch: tuple[int, ...] = (64, 96)  # after each stride-2 stage: /2 /4
+    dec_ch: tuple[int, ...] = (96, 64)  # at /4 /2 of the input
+    # The DiT sees patch x patch latent pixels as one token (space-to-depth), so a 4x-down
+    # latent still gives one token per 16x16 input pixels. A 4x AE learned several times
+    # faster than a 16x one in measured CPU-minutes (24.6 vs 17 dB after 175 steps).
+    patch: int = 4
     latent_scale: float = 1.0  # set after training from the latents' std
-    latent_noise: float = 0.05  # decoder trained on noisy latents so DiT errors decode gracefully
+    latent_noise: float = 0.0  # >0 trains the decoder on noisy latents (slowed early learning)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -96,13 +101,19 @@ class AutoEncoder(nn.Module):
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
 
+    @property
+    def token_ch(self) -> int:
+        """Channels of one DiT token: latent_ch * patch^2."""
+        return self.cfg.latent_ch * self.cfg.patch**2
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] (B, 3, 16h, 16w) -> scaled latents (B, C, h, w)."""
-        return self.encoder(x) / self.cfg.latent_scale
+        """Images in [-1, 1] (B, 3, 16h, 16w) -> scaled token latents (B, C*p*p, h, w)."""
+        z = self.encoder(x)  # (B, C, 16h/f, 16w/f) with f the encoder's downsampling
+        return F.pixel_unshuffle(z, self.cfg.patch) / self.cfg.latent_scale
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Scaled latents (B, C, h, w) -> images in about [-1, 1] at (B, 3, 32h, 32w)."""
-        return self.decoder(z * self.cfg.latent_scale)
+        """Scaled token latents (B, C*p*p, h, w) -> images in about [-1, 1] at (B, 3, 32h, 32w)."""
+        return self.decoder(F.pixel_shuffle(z * self.cfg.latent_scale, self.cfg.patch))
 
     def loss(
         self, x: torch.Tensor, target2x: torch.Tensor

@@ -92,7 +92,7 @@ def grid_pos_embedding(gh: int, gw: int, dim: int) -> torch.Tensor:
 
 @dataclass
 class DiTConfig:
-    latent_ch: int = 16
+    latent_ch: int = 128  # the autoencoder's token channels: 8 latent channels x 4 x 4
     dim: int = 256
     depth: int = 6
     heads: int = 4

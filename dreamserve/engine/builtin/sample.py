@@ -75,7 +75,7 @@ class Sampler:
         refs2 = [r.expand(2, -1, -1, -1) for r in refs]
         # Step 3: seeded noise.
         if noise is None:
-            noise = seeded_noise(spec.seed, self.ae.cfg.latent_ch, gh, gw)
+            noise = seeded_noise(spec.seed, self.ae.token_ch, gh, gw)
         x = noise.clone()
         ts = time_grid(spec.steps)
         # Step 4: Euler integration of dx/dt = v, guided: v = v_u + g (v_c - v_u).

@@ -32,7 +32,7 @@ class TrainConfig:
     seed: int = 1234
     ae: AEConfig = field(default_factory=AEConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
-    ae_minutes: float = 15.0
+    ae_minutes: float = 8.0
     ae_batch: int = 24
     ae_lr: float = 2e-3
     ae_max_steps: int = 10**9
@@ -61,7 +61,7 @@ CONFIGS: dict[str, TrainConfig] = {
     "default": TrainConfig(),
     # For tests: trains a few steps of a toy-sized model in seconds.
     "tiny": TrainConfig(
-        ae=AEConfig(latent_ch=4, enc_ch=(8, 8, 8, 8), dec_ch=(8, 8, 8, 8)),
+        ae=AEConfig(latent_ch=4, enc_ch=(8, 8, 8, 8), dec_ch=(8, 8, 8, 8), patch=1),
         dit=DiTConfig(latent_ch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0),
         ae_batch=2,
         ae_max_steps=2,
