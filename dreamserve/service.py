@@ -20,7 +20,7 @@ from typing import Any
 
 from dreamserve.jobs.model import NewPrediction, Page, Prediction, Store
 from dreamserve.jobs.states import Status
-from dreamserve.jobs.wakeup import Mailbox, parse_changed
+from dreamserve.jobs.wakeup import Mailbox, parse_changed, with_final
 
 log = logging.getLogger("dreamserve.service")
 
@@ -35,12 +35,15 @@ STREAM_HEARTBEAT = 15.0  # seconds between snapshots of an unchanged, still runn
 TERMINAL = frozenset(s.value for s in Status if s.terminal)
 
 
-class _Waiter:
-    __slots__ = ("event", "terminal_only")
+class Waiter:
+    """One subscriber: its event, what wakes it, and the end state a wakeup brought."""
+
+    __slots__ = ("event", "terminal_only", "final")
 
     def __init__(self, terminal_only: bool) -> None:
         self.event = asyncio.Event()
         self.terminal_only = terminal_only
+        self.final: dict[str, Any] | None = None  # committed end state a wakeup brought
 
 
 class ChangeWatcher:
@@ -63,7 +66,7 @@ class ChangeWatcher:
         if interval is None:
             interval = WATCH_INTERVAL if self._mailbox is None else FALLBACK_INTERVAL
         self._interval = interval
-        self._waiters: dict[str, set[_Waiter]] = {}
+        self._waiters: dict[str, set[Waiter]] = {}
         # id -> whether its latest known change may be terminal (None: unknown, so maybe).
         self._recent: OrderedDict[str, bool | None] = OrderedDict()
         self._users = 0
@@ -92,14 +95,14 @@ class ChangeWatcher:
     @contextlib.asynccontextmanager
     async def watching(
         self, prediction_id: str, terminal_only: bool = False
-    ) -> AsyncIterator[asyncio.Event]:
-        """An event set whenever `prediction_id` changes (clear it before each read); with
-        `terminal_only`, a pushed change to a non-terminal status does not set it."""
-        waiter = _Waiter(terminal_only)
+    ) -> AsyncIterator[Waiter]:
+        """A waiter whose event is set whenever `prediction_id` changes (clear it before each
+        read); with `terminal_only`, a pushed change to a non-terminal status does not set it."""
+        waiter = Waiter(terminal_only)
         self._waiters.setdefault(prediction_id, set()).add(waiter)
         try:
             async with self.session():
-                yield waiter.event
+                yield waiter
         finally:
             waiters = self._waiters.get(prediction_id)
             if waiters is not None:
@@ -139,11 +142,13 @@ class ChangeWatcher:
     def _on_wakeups(self) -> None:
         assert self._mailbox is not None
         for message in self._mailbox.drain():
-            prediction_id, status = parse_changed(message)
+            prediction_id, status, final = parse_changed(message)
             if prediction_id:
-                self._note(prediction_id, status in TERMINAL if status else None)
+                self._note(prediction_id, status in TERMINAL if status else None, final)
 
-    def _note(self, prediction_id: str, terminal: bool | None) -> None:
+    def _note(
+        self, prediction_id: str, terminal: bool | None, final: dict[str, Any] | None = None
+    ) -> None:
         """Remember the change and wake who it concerns; `terminal` None means unknown."""
         known = self._recent.pop(prediction_id, False)
         # A later non-terminal wakeup must not hide an earlier one that may have ended it.
@@ -152,6 +157,7 @@ class ChangeWatcher:
             self._recent.popitem(last=False)
         for waiter in self._waiters.get(prediction_id, ()):
             if terminal is not False or not waiter.terminal_only:
+                waiter.final = final if terminal else None
                 waiter.event.set()
 
     async def _ensure_running(self) -> None:
@@ -239,21 +245,26 @@ class PredictionService:
         """The prediction once terminal, or as it is after `timeout` seconds.
 
         `known` is the prediction as read inside a watcher session that is still open: it
-        stands in for the first read unless a change since may have ended it.
+        stands in for the first read unless a change since may have ended it, and with the
+        end state a wakeup brings it stands in for the last read too.
         """
         deadline = time.monotonic() + timeout
-        async with self.watcher.watching(prediction_id, terminal_only=True) as changed:
+        submitted = known
+        async with self.watcher.watching(prediction_id, terminal_only=True) as waiter:
             if known is not None and self.watcher.may_have_ended(prediction_id):
                 known = None
             while True:
-                changed.clear()
-                prediction = known or await self.get(prediction_id, owner)
+                waiter.event.clear()
+                final, waiter.final = waiter.final, None
+                prediction = (
+                    known or _ended(submitted, final) or await self.get(prediction_id, owner)
+                )
                 known = None
                 remaining = deadline - time.monotonic()
                 if prediction.status.terminal or remaining <= 0:
                     return prediction
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), remaining)
+                    await asyncio.wait_for(waiter.event.wait(), remaining)
 
     async def snapshots(
         self, prediction_id: str, owner: str | None = None, heartbeat: float = STREAM_HEARTBEAT
@@ -263,15 +274,26 @@ class PredictionService:
         Also yields (an unchanged snapshot) every `heartbeat` seconds so a stream can send a
         keep-alive through proxies that close idle connections.
         """
-        async with self.watcher.watching(prediction_id) as changed:
+        async with self.watcher.watching(prediction_id) as waiter:
             while True:
-                changed.clear()
+                waiter.event.clear()
                 prediction = await self.get(prediction_id, owner)
                 yield prediction
                 if prediction.status.terminal:
                     return
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), heartbeat)
+                    await asyncio.wait_for(waiter.event.wait(), heartbeat)
+
+
+def _ended(submitted: Prediction | None, final: dict[str, Any] | None) -> Prediction | None:
+    """The submitted prediction in the end state a wakeup brought; None to read it instead."""
+    if submitted is None or final is None:
+        return None
+    try:
+        return with_final(submitted, final)
+    except (KeyError, TypeError, ValueError, IndexError):  # not what changed() writes: read
+        log.warning("malformed end state in a wakeup for %s; reading it", submitted.id)
+        return None
 
 
 def health_report(store_ok: bool, extra: dict[str, Any]) -> tuple[bool, dict[str, Any]]:

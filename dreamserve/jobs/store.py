@@ -39,13 +39,21 @@ class SqlStore(RecordsMixin):
         self.notifier = notifier
         self._create_schema()
 
-    def _notify(self, work: bool = False, changes: Sequence[tuple[str, str]] = ()) -> None:
-        """Push wakeups after a commit; only ever latency is at stake, so nothing raises."""
+    def _notify(
+        self,
+        work: bool = False,
+        changes: Sequence[tuple[str, str]] = (),
+        final: Prediction | None = None,
+    ) -> None:
+        """Push wakeups after a commit; only ever latency is at stake, so nothing raises.
+        `final`: a prediction that just ended, announced with its committed state."""
         if self.notifier is None:
             return
         try:
             for prediction_id, status in changes:
                 self.notifier.notify(CHANGES, changed(prediction_id, status))
+            if final is not None:
+                self.notifier.notify(CHANGES, changed(final.id, final.status, final))
             if work:
                 self.notifier.notify(WORK)
         except Exception:
@@ -136,7 +144,7 @@ class SqlStore(RecordsMixin):
                 row = flagged
         if canceled is None:
             return rows.prediction(row)
-        self._notify(changes=[(prediction_id, canceled.status.value)])
+        self._notify(final=canceled)
         return canceled
 
     # --- worker side
@@ -211,7 +219,7 @@ class SqlStore(RecordsMixin):
             if row["status"] != Status.PROCESSING or row["worker_id"] != worker_id:
                 return rows.prediction(row)  # lost the lease: the current holder decides
             done = self._complete(tx, row, status, now, output, error, metrics, _line(log))
-        self._notify(changes=[(prediction_id, done.status.value)])
+        self._notify(final=done)
         return done
 
     def release(self, prediction_id: str, worker_id: str) -> bool:

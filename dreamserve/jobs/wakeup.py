@@ -20,21 +20,33 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import random
 import secrets
 import select
 import socket
+from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+from dreamserve.jobs.model import Prediction
+from dreamserve.jobs.states import Status
 
 log = logging.getLogger("dreamserve.wakeup")
 
 WORK = "work"  # the queue has something: workers, try a claim
 CHANGES = "changes"  # "<prediction id> <status>": API processes, wake its waiters
 ONE_LISTENER = frozenset({WORK})  # channels whose notify wakes one (idle) listener, not all
-MAX_MESSAGE = 256  # bytes; a prediction id and a status fit many times over
+MAX_MESSAGE = 8000  # bytes: PostgreSQL's NOTIFY payload limit; longer ones are not sent
+# What a prediction's row can change after submit. A wakeup for a finished prediction carries
+# these as they were committed (when they fit), so a waiter that holds the prediction as
+# submitted answers without reading the row back: one store call fewer per `Prefer: wait`.
+MUTABLE = (
+    "status", "started_at", "completed_at", "output", "logs", "error", "progress", "metrics",
+    "cancel_requested", "attempts",
+)  # fmt: skip
 SUFFIX = ".sock"
 BUSY = ".busy"  # <channel>.busy/: where a busy listener's socket waits out its work
 
@@ -101,7 +113,10 @@ class Mailbox:
         return self._sock.fileno()
 
     def notify(self, channel: str, message: str = "") -> None:
-        data = message.encode()[:MAX_MESSAGE]
+        data = message.encode()
+        if len(data) > MAX_MESSAGE:
+            log.warning("wakeup on %s not sent: %d bytes is over the limit", channel, len(data))
+            return
         try:
             peers = [e.path for e in os.scandir(self.root / channel) if e.name.endswith(SUFFIX)]
         except OSError:  # nobody ever listened on this channel
@@ -178,11 +193,44 @@ def wake_root(data_dir: Path) -> Path:
     return Path(data_dir) / "wake"
 
 
-def changed(prediction_id: str, status: str) -> str:
-    return f"{prediction_id} {status}"
+def changed(prediction_id: str, status: str, final: Prediction | None = None) -> str:
+    """A CHANGES message: "<id> <status>", plus the committed MUTABLE fields of a finished
+    prediction when they fit in one message."""
+    message = f"{prediction_id} {status}"
+    if final is None:
+        return message
+    state = json.dumps({k: getattr(final, k) for k in MUTABLE}, separators=(",", ":"))
+    with_state = f"{message} {state}"
+    return with_state if len(with_state.encode()) <= MAX_MESSAGE else message
 
 
-def parse_changed(message: str) -> tuple[str, str]:
-    """(prediction id, status) from a CHANGES message; status "" when it carried none."""
-    prediction_id, _, status = message.partition(" ")
-    return prediction_id, status
+def parse_changed(message: str) -> tuple[str, str, dict[str, Any] | None]:
+    """(prediction id, status, final fields or None) from a CHANGES message; status "" when it
+    carried none."""
+    prediction_id, _, rest = message.partition(" ")
+    status, _, state = rest.partition(" ")
+    final = None
+    if state:
+        try:
+            final = json.loads(state)
+        except ValueError:
+            final = None
+    return prediction_id, status, final if isinstance(final, dict) else None
+
+
+def with_final(submitted: Prediction, final: dict[str, Any]) -> Prediction:
+    """The prediction as submitted, brought to its committed final state."""
+    progress = final["progress"]
+    return replace(
+        submitted,
+        status=Status(final["status"]),
+        started_at=final["started_at"],
+        completed_at=final["completed_at"],
+        output=tuple(final["output"]),
+        logs=final["logs"],
+        error=final["error"],
+        progress=None if progress is None else (progress[0], progress[1]),
+        metrics=final["metrics"],
+        cancel_requested=bool(final["cancel_requested"]),
+        attempts=final["attempts"],
+    )

@@ -11,7 +11,16 @@ import pytest
 
 from dreamserve.jobs.states import Status
 from dreamserve.jobs.store import open_store
-from dreamserve.jobs.wakeup import CHANGES, SUFFIX, WORK, Mailbox, changed, parse_changed
+from dreamserve.jobs.wakeup import (
+    CHANGES,
+    MAX_MESSAGE,
+    SUFFIX,
+    WORK,
+    Mailbox,
+    changed,
+    parse_changed,
+    with_final,
+)
 from tests.jobs.conftest import new_prediction
 
 
@@ -46,7 +55,7 @@ def test_a_notify_reaches_every_listener_on_its_channel_only(
     assert [api.drain() for api in apis] == [[], []]
     sender.notify(CHANGES, changed("abc", "succeeded"))
     for api in apis:
-        assert [parse_changed(m) for m in api.wait(5.0)] == [("abc", "succeeded")]
+        assert [parse_changed(m) for m in api.wait(5.0)] == [("abc", "succeeded", None)]
     assert worker.drain() == []
 
 
@@ -119,19 +128,24 @@ def test_the_store_pushes_work_and_every_status_change(
         claim = store.claim("w", 30.0)
         assert claim is not None
         store.progress(p.id, "w", 1, 2, "step 1")
-        store.finish(p.id, "w", Status.SUCCEEDED, ["k"])
+        store.finish(p.id, "w", Status.SUCCEEDED, ["k"], log="done")
         seen = [parse_changed(m) for m in api_box.drain()]
-        assert seen == [(p.id, "processing"), (p.id, "processing"), (p.id, "succeeded")]
+        assert [s[:2] for s in seen] == [(p.id, "processing")] * 2 + [(p.id, "succeeded")]
+        assert seen[0][2] is None and seen[1][2] is None
+        final = seen[2][2]  # the end comes with its committed state: no need to read it
+        assert final is not None
+        assert with_final(p, final) == store.get(p.id)
         q = store.submit(new_prediction())
         worker_box.drain()
         store.request_cancel(q.id)  # a queued one ends at once: the API hears of it
-        assert [parse_changed(m) for m in api_box.drain()] == [(q.id, "canceled")]
+        (message,) = api_box.drain()
+        assert parse_changed(message)[:2] == (q.id, "canceled")
         r = store.submit(new_prediction())
         worker_box.drain()
         assert store.claim("w", 30.0) is not None
         assert store.release(r.id, "w")  # handed back: the workers hear of it again
         assert worker_box.drain() == [""]
-        assert parse_changed(api_box.drain()[-1]) == (r.id, "starting")
+        assert parse_changed(api_box.drain()[-1]) == (r.id, "starting", None)
     finally:
         store.close()
 
@@ -198,3 +212,16 @@ def test_dead_busy_sockets_are_swept_when_a_worker_starts(root: Path, boxes: lis
     assert not dead.exists()
     assert live.path is not None and live.path.exists()
     assert live.drain() == []  # and the sweep did not wake it
+
+
+def test_an_end_state_too_big_for_one_message_is_left_out(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        p = store.submit(new_prediction())
+        assert store.claim("w", 30.0) is not None
+        done = store.finish(p.id, "w", Status.FAILED, error="x" * MAX_MESSAGE)
+    finally:
+        store.close()
+    message = changed(done.id, done.status, done)
+    assert parse_changed(message) == (done.id, "failed", None)  # the waiter reads it instead
+    assert parse_changed(f"{done.id} failed {{not json")[2] is None
