@@ -25,7 +25,7 @@ from dreamserve.jobs.wakeup import Mailbox, parse_changed, with_final
 log = logging.getLogger("dreamserve.service")
 
 WATCH_INTERVAL = 0.005  # seconds between change polls while someone waits (no push wakeups)
-FALLBACK_INTERVAL = 0.05  # with push wakeups polling only catches a lost message
+FALLBACK_INTERVAL = 0.1  # with push wakeups polling only catches a lost message
 WATCH_LINGER = 0.5  # seconds the poll loop outlives its last user: sequential waits reuse it
 WATCH_BATCH = 10_000  # ids per changes() call
 WATCH_ERROR_BACKOFF = 0.5  # seconds to pause after a failed poll (e.g. database busy)
