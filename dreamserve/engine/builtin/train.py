@@ -97,8 +97,11 @@ def new_state(cfg: TrainConfig) -> State:
         ae,
         dit,
         copy.deepcopy(dit).requires_grad_(False),
-        torch.optim.AdamW(ae.parameters(), lr=cfg.ae_lr, weight_decay=0.0),
-        torch.optim.AdamW(dit.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.99)),
+        # fused: the per-tensor Python loop of plain AdamW cost ~0.5 s a step on 2 cores
+        torch.optim.AdamW(ae.parameters(), lr=cfg.ae_lr, weight_decay=0.0, fused=True),
+        torch.optim.AdamW(
+            dit.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.99), fused=True
+        ),
     )
 
 
@@ -230,8 +233,7 @@ def dit_step(state: State, rnd: random.Random, pools: Pools, lr: float) -> tuple
     state.opt_dit.step()
     decay = min(0.998, (1 + state.dit_step) / (10 + state.dit_step))
     with torch.no_grad():
-        for pe, p in zip(state.ema.parameters(), state.dit.parameters(), strict=True):
-            pe.lerp_(p, 1 - decay)
+        torch._foreach_lerp_(list(state.ema.parameters()), list(state.dit.parameters()), 1 - decay)
     state.dit_step += 1
     return kind, loss.item(), B
 
