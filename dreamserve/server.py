@@ -28,6 +28,7 @@ from typing import IO, TYPE_CHECKING
 import uvicorn
 
 from dreamserve.config import Settings
+from dreamserve.jobs.wakeup import BUSY, WORK
 
 if TYPE_CHECKING:
     from dreamserve.api.context import Services
@@ -111,6 +112,19 @@ class WorkerPool:
     def alive(self) -> int:
         return sum(1 for s in self.slots if s.process is not None and s.process.poll() is None)
 
+    def ready(self, wake: Path | None) -> int:
+        """Alive workers that have loaded their engine: a worker binds its wakeup socket
+        (`<pid>-<random>.sock` under `wake`) only then. With no wakeups (`wake` None) being
+        alive is all we can know."""
+        pids = {str(s.process.pid) for s in self.slots if s.process and s.process.poll() is None}
+        if wake is None:
+            return len(pids)
+        bound: set[str] = set()
+        for folder in (WORK, WORK + BUSY):
+            with contextlib.suppress(OSError):
+                bound.update(e.name.partition("-")[0] for e in os.scandir(wake / folder))
+        return len(pids & bound)
+
     def check(self) -> None:
         """Restart dead workers, with a growing delay so a crash loop does not spin."""
         now = time.monotonic()
@@ -192,7 +206,12 @@ async def _serve(settings: Settings) -> int:
         log.info("recovered %d interrupted and %d expired predictions", released, requeued)
 
     pool = WorkerPool(settings)
-    services.health = lambda: {"workers": settings.workers, "workers_alive": pool.alive()}
+    wake = mailbox.root if mailbox.listening else None
+    services.health = lambda: {
+        "workers": settings.workers,
+        "workers_alive": pool.alive(),
+        "workers_ready": pool.ready(wake),
+    }
     pool.start()
     stop = asyncio.Event()
     secret = services.webhook_secret

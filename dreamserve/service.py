@@ -297,8 +297,10 @@ def _ended(submitted: Prediction | None, final: dict[str, Any] | None) -> Predic
 
 
 def health_report(store_ok: bool, extra: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
-    """Readiness: the store answers and, when the process runs workers, one is alive."""
+    """Readiness: the store answers and, when the process runs workers, one is ready to take
+    work (alive, its engine loaded; `workers_ready`, or `workers_alive` where not known)."""
     workers = int(extra.get("workers", 0) or 0)
     alive = int(extra.get("workers_alive", workers) or 0)
-    ready = store_ok and (workers == 0 or alive > 0)
+    able = int(extra.get("workers_ready", alive) or 0)
+    ready = store_ok and (workers == 0 or able > 0)
     return ready, {"status": "ok" if ready else "unavailable", "store": store_ok, **extra}

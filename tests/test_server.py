@@ -152,3 +152,37 @@ def test_refuses_to_run_open_on_a_public_bind(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert "--insecure-open" in proc.stderr
+
+
+def test_health_reports_ready_workers(server: LiveServer) -> None:
+    body = httpx.get(f"{server.url}/health").json()
+    assert body["status"] == "ok" and body["workers_ready"] == body["workers_alive"] == 1
+
+
+def test_a_worker_is_ready_once_its_wakeup_socket_is_bound(tmp_path: Path) -> None:
+    from dreamserve.config import Settings
+    from dreamserve.jobs.wakeup import BUSY, WORK
+    from dreamserve.server import WorkerPool
+
+    pool = WorkerPool(Settings(data_dir=tmp_path, workers=2))
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])]
+    procs.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+    try:
+        for slot, proc in zip(pool.slots, procs, strict=True):
+            slot.process = proc
+        wake = tmp_path / "wake"
+        assert pool.alive() == 2 and pool.ready(wake) == 0  # still loading their engines
+        assert pool.ready(None) == 2  # without wakeups, alive is all there is to know
+        (wake / WORK).mkdir(parents=True)
+        (wake / (WORK + BUSY)).mkdir()
+        (wake / WORK / f"{procs[0].pid}-abc123.sock").touch()
+        assert pool.ready(wake) == 1
+        (wake / (WORK + BUSY) / f"{procs[1].pid}-def456.sock").touch()  # busy is ready too
+        assert pool.ready(wake) == 2
+        procs[0].kill()
+        procs[0].wait()
+        assert pool.ready(wake) == 1  # a dead one's leftover socket does not count
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()

@@ -150,6 +150,9 @@ def test_health_report() -> None:
     assert health_report(True, {})[0]
     assert health_report(True, {"workers": 2, "workers_alive": 1})[0]
     assert not health_report(True, {"workers": 2, "workers_alive": 0})[0]
+    # Alive but still loading the engine: not ready to take work yet.
+    assert not health_report(True, {"workers": 2, "workers_alive": 2, "workers_ready": 0})[0]
+    assert health_report(True, {"workers": 2, "workers_alive": 2, "workers_ready": 1})[0]
     ready, body = health_report(False, {"queue_depth": None})
     assert not ready and body["status"] == "unavailable"
 

@@ -243,15 +243,16 @@ def run_worker(settings: Settings) -> int:
     from dreamserve.jobs.wakeup import wake_root
     from dreamserve.runner import InputError, Runner
 
-    mailbox = Mailbox(wake_root(settings.data_dir), listen=WORK)
-    store = open_store(settings.store_url, max_attempts=settings.max_attempts, notifier=mailbox)
+    store = open_store(settings.store_url, max_attempts=settings.max_attempts)
     try:
         generator = load_generator(settings.generator)
     except Exception:
         log.exception("could not load generator %r", settings.generator)
-        mailbox.close()
         return 1
     runner = Runner(settings, store, generator)
+    # Bound only now that the engine is loaded: `serve` counts a worker as ready by its socket.
+    mailbox = Mailbox(wake_root(settings.data_dir), listen=WORK)
+    store.notifier = mailbox
     worker = Worker(
         store, runner, settings.lease_seconds, input_errors=(InputError,), wakeup=mailbox
     )
