@@ -15,16 +15,16 @@ def test_exact_size_and_sharp_edges() -> None:
     assert out.shape == (1, 3, 160, 128)
     row = out[0, 0, 80]
     ramp = ((row > 0.05) & (row < 0.95)).sum().item()
-    # bilinear would leave a ramp about 8 output pixels wide; snapping keeps it to a couple
+    # bilinear leaves a ramp about 8 output pixels wide; snapping keeps it to a few
     bilinear = torch.nn.functional.interpolate(_edge(16), size=(160, 128), mode="bilinear")
-    assert ramp <= 3 < ((bilinear[0, 0, 80] > 0.05) & (bilinear[0, 0, 80] < 0.95)).sum().item()
+    assert ramp <= 4 < ((bilinear[0, 0, 80] > 0.05) & (bilinear[0, 0, 80] < 0.95)).sum().item()
 
 
 def test_smooth_gradients_stay_smooth() -> None:
     grad = torch.linspace(0, 0.05, 16).view(1, 1, 1, 16).expand(1, 3, 16, 16).contiguous()
     out = upscale(grad, 64, 64)
     bilinear = torch.nn.functional.interpolate(grad, size=(64, 64), mode="bilinear")
-    assert torch.allclose(out, bilinear, atol=1e-4)
+    assert (out - bilinear).abs().max() < 0.005  # no snapping: only the light pre-blur
 
 
 def test_downscale_is_an_area_average() -> None:
