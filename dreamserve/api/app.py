@@ -25,8 +25,9 @@ from dreamserve.api.auth import AuthMiddleware
 from dreamserve.api.context import Services, services_of
 from dreamserve.api.errors import EXCEPTION_HANDLERS
 from dreamserve.api.files import FileService
+from dreamserve.blobs import Blobs
 from dreamserve.config import Settings
-from dreamserve.jobs.model import Prediction
+from dreamserve.jobs.model import Prediction, Store
 from dreamserve.service import PredictionService, health_report
 
 log = logging.getLogger("dreamserve.api")
@@ -63,6 +64,11 @@ def build_services(settings: Settings) -> Services:
     secret = settings.webhook_secret or store.get_or_create_meta(
         WEBHOOK_SECRET_KEY, new_webhook_secret
     )
+    return wire_services(settings, store, blobs, secret)
+
+
+def wire_services(settings: Settings, store: Store, blobs: Blobs, secret: str) -> Services:
+    """The services over an opened store and blobs (tests pass their own)."""
     return Services(
         settings=settings,
         store=store,

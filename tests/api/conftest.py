@@ -16,16 +16,14 @@ import httpx
 import pytest
 from PIL import Image
 
-from dreamserve.api.app import create_app
+from dreamserve.api.app import create_app, wire_services
 from dreamserve.api.auth import hash_token, new_token
 from dreamserve.api.context import Services
-from dreamserve.api.files import FileService
 from dreamserve.blobs import DirBlobs
 from dreamserve.config import Settings
 from dreamserve.jobs.model import Claim, Prediction
 from dreamserve.jobs.states import Status
 from dreamserve.jobs.store import SqlStore, open_store
-from dreamserve.service import PredictionService
 
 BASE_URL = "http://testserver"
 SEEDREAM = "/v1/models/bytedance/seedream-4/predictions"
@@ -55,14 +53,7 @@ def blobs(tmp_path: Path) -> DirBlobs:
 
 @pytest.fixture
 def services(settings: Settings, store: SqlStore, blobs: DirBlobs) -> Services:
-    return Services(
-        settings=settings,
-        store=store,
-        blobs=blobs,
-        predictions=PredictionService(store),
-        files=FileService(store, blobs, settings),
-        webhook_secret="whsec_dGVzdA==",
-    )
+    return wire_services(settings, store, blobs, "whsec_dGVzdA==")
 
 
 @pytest.fixture
