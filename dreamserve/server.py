@@ -28,6 +28,9 @@ from typing import IO, TYPE_CHECKING
 import uvicorn
 
 from dreamserve.config import Settings
+
+if TYPE_CHECKING:
+    from dreamserve.api.context import Services
 from dreamserve.jobs.wakeup import BUSY, WORK
 
 if TYPE_CHECKING:
@@ -251,10 +254,14 @@ def _push_wakeups(services: Services) -> Mailbox:
     return mailbox
 
 
-async def _maintain(services: object, pool: WorkerPool, stop: asyncio.Event) -> None:
-    """Enforce leases and deadlines, restart dead workers, sweep expired files."""
-    store = services.store  # type: ignore[attr-defined]
-    blobs = services.blobs  # type: ignore[attr-defined]
+async def _maintain(services: Services, pool: WorkerPool, stop: asyncio.Event) -> None:
+    """Enforce leases and deadlines, restart dead workers, sweep expired files.
+
+    Workers run store.recover() too, but only between predictions: while every worker is busy
+    on a long one, this pass is what cancels queued predictions past their Cancel-After. An
+    idle pass is three indexed reads and takes no write lock.
+    """
+    store, blobs = services.store, services.blobs
     last_sweep = 0.0
     while not stop.is_set():
         try:
