@@ -22,6 +22,7 @@ from tests.media import servers
 from tests.media.images import bomb_png, png_bytes
 from tests.support.generators import TestGenerator as StepGenerator
 from tests.support.generators import failing, instant
+from tests.support.live import free_port
 
 
 class NoFiles:
@@ -202,7 +203,7 @@ def test_bad_inputs_are_input_errors_naming_the_input(
 
 
 def test_closed_port_input(tmp_path: Path, blobs: DirBlobs) -> None:
-    port = servers.closed_port()
+    port = free_port()  # nothing listens there
     pred = prediction(image_input=[f"http://127.0.0.1:{port}/in.png"])
     with pytest.raises(InputError) as exc:
         run(make_runner(tmp_path, blobs), pred)

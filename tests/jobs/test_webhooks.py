@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +18,7 @@ from dreamserve.jobs.model import Prediction, WebhookDelivery
 from dreamserve.jobs.states import Status
 from dreamserve.jobs.store import SqlStore
 from tests.jobs.conftest import new_prediction
+from tests.support.live import free_port
 from tests.support.receiver import webhook_receiver
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -105,9 +105,7 @@ def test_dispatcher_retries_until_the_receiver_recovers(
 
 
 def test_an_unreachable_receiver_is_retried_later_not_lost(store: SqlStore) -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     pid = _owe(store, f"http://127.0.0.1:{port}/hook")
 
     def tried() -> bool:

@@ -18,6 +18,7 @@ from dreamserve.media.errors import InputError
 from dreamserve.media.fetch import Fetcher, parse_data_url
 from tests.media import servers
 from tests.media.images import png_bytes
+from tests.support.live import free_port
 
 LIMIT = 64 * 1024
 PNG = png_bytes()
@@ -84,7 +85,7 @@ def test_fetches_an_image_over_http_following_a_redirect(fetcher: Fetcher) -> No
 
 
 def test_closed_port_names_host_port_and_reason(fetcher: Fetcher) -> None:
-    port = servers.closed_port()
+    port = free_port()  # nothing listens there
     with pytest.raises(InputError) as exc:
         fetcher.fetch(f"http://127.0.0.1:{port}/x.png")
     assert message(exc) == f"could not connect to 127.0.0.1:{port} (connection refused)"
@@ -219,7 +220,7 @@ def test_other_keys_expired_or_missing_files_are_not_found(fetcher: Fetcher, fil
 
 def test_files_url_of_another_host_is_fetched_over_http(fetcher: Fetcher) -> None:
     """Only this service's base URL resolves locally; anything else is a normal URL."""
-    port = servers.closed_port()
+    port = free_port()  # nothing listens there
     with pytest.raises(InputError, match="could not connect"):
         fetcher.fetch(f"http://127.0.0.1:{port}/v1/files/mine", owner="key-a")
 
