@@ -6,12 +6,19 @@ its *fractional* position (so any aspect-ratio grid shares one coordinate frame)
 embedding saying which image it belongs to (target, image 1, image 2, ...). Editing and
 multi-reference generation are therefore the same network as text-to-image (in-context
 conditioning, as in FLUX Kontext). Time and the pooled text drive adaLN in every block.
+
+The copy path (`copy_input`): image 1's latents are also concatenated to the target tokens'
+channels (as in InstructPix2Pix), position by position. In-context attention alone has to
+*learn* to find the same-position token before it can copy it, which took the first model
+more CPU time than it had (62 min: edits kept nothing of the input, 13.8 dB). With the input
+at hand in every target token, "keep what the sentence does not change" is a per-token
+identity from the first step, and attention is left for what to change.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -98,13 +105,15 @@ class DiTConfig:
     heads: int = 4
     mlp_ratio: float = 3.0
     max_images: int = 4  # target + up to 3 references per forward during training
+    copy_input: bool = True  # image 1's latents also enter the target tokens (module docstring)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> DiTConfig:
-        return cls(**d)  # type: ignore[arg-type]
+        # Configs written before the copy path existed describe a model without it.
+        return cls(**({"copy_input": False} | d))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- model
@@ -115,7 +124,8 @@ class DiT(nn.Module):
         super().__init__()
         self.cfg = cfg
         D = cfg.dim
-        self.latent_in = nn.Linear(cfg.latent_ch, D)
+        # Input channels: the token's own latents, then (copy path) image 1's at the same place.
+        self.latent_in = nn.Linear(cfg.latent_ch * (2 if cfg.copy_input else 1), D)
         self.text_in = nn.Sequential(nn.LayerNorm(TEXT_DIM), nn.Linear(TEXT_DIM, D))
         self.image_id = nn.Embedding(cfg.max_images + 8, D)  # 0 = target, k = input image k
         self.time_mlp = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
@@ -128,9 +138,13 @@ class DiT(nn.Module):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def _image_tokens(self, z: torch.Tensor, index: int) -> torch.Tensor:
-        # z: (B, C, gh, gw) -> (B, gh*gw, D)
+    def _image_tokens(
+        self, z: torch.Tensor, index: int, base: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        # z: (B, C, gh, gw) -> (B, gh*gw, D); base: image 1 on the same grid, or None
         B, C, gh, gw = z.shape
+        if self.cfg.copy_input:
+            z = torch.cat([z, torch.zeros_like(z) if base is None else base], dim=1)  # (B, 2C, ..)
         tok = self.latent_in(z.flatten(2).transpose(1, 2))
         pos = grid_pos_embedding(gh, gw, self.cfg.dim).to(tok.dtype)
         return tok + pos[None] + self.image_id.weight[index][None, None]
@@ -155,7 +169,8 @@ class DiT(nn.Module):
         for i, r in enumerate(refs):
             seq.append(self._image_tokens(r, i + 1))  # (B, gh'*gw', D)
             masks.append(torch.ones(B, r.shape[2] * r.shape[3], dtype=torch.bool))
-        seq.append(self._image_tokens(x, 0))  # (B, gh*gw, D), always last
+        base = refs[0] if refs and refs[0].shape[2:] == x.shape[2:] else None
+        seq.append(self._image_tokens(x, 0, base))  # (B, gh*gw, D), always last
         masks.append(torch.ones(B, gh * gw, dtype=torch.bool))
         h = torch.cat(seq, dim=1)  # (B, N, D)
         attn_mask = torch.cat(masks, dim=1)[:, None, None, :]  # (B, 1, 1, N)
@@ -165,6 +180,22 @@ class DiT(nn.Module):
         shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=-1)
         h = modulate(self.norm_out(h[:, -gh * gw :]), shift, scale)  # target tokens only
         return self.out(h).transpose(1, 2).reshape(B, C, gh, gw)  # predicted velocity
+
+
+def add_copy_path(old: DiT) -> DiT:
+    """A copy-path DiT that computes exactly what `old` (built without one) computes.
+
+    The new input columns start at zero, so training continues from the old model's function
+    and grows the copy path from there (how the shipped model gained it, MODEL_CARD.md).
+    """
+    if old.cfg.copy_input:
+        return old
+    new = DiT(replace(old.cfg, copy_input=True))
+    state = old.state_dict()
+    w = state["latent_in.weight"]  # (D, C)
+    state["latent_in.weight"] = torch.cat([w, torch.zeros_like(w)], dim=1)  # (D, 2C)
+    new.load_state_dict(state)
+    return new
 
 
 def null_condition(batch: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from dreamserve.engine.builtin import weights
 from dreamserve.engine.builtin.autoencoder import AEConfig, AutoEncoder
 from dreamserve.engine.builtin.data import GRIDS, Pools, build_pools, render_batch, sample_batch
-from dreamserve.engine.builtin.dit import DiT, DiTConfig
+from dreamserve.engine.builtin.dit import DiT, DiTConfig, add_copy_path
 
 
 @dataclass
@@ -99,10 +99,29 @@ def new_state(cfg: TrainConfig) -> State:
         copy.deepcopy(dit).requires_grad_(False),
         # fused: the per-tensor Python loop of plain AdamW cost ~0.5 s a step on 2 cores
         torch.optim.AdamW(ae.parameters(), lr=cfg.ae_lr, weight_decay=0.0, fused=True),
-        torch.optim.AdamW(
-            dit.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.99), fused=True
-        ),
+        _dit_optimizer(dit, cfg),
     )
+
+
+def _dit_optimizer(dit: DiT, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        dit.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.99), fused=True
+    )
+
+
+def grow(state: State, want: TrainConfig) -> State:
+    """Resuming a model from before the copy path (DiTConfig.copy_input) adds it.
+
+    The new inputs start at zero, so the grown model computes what the old one did; the DiT's
+    AdamW moments restart because a parameter changed shape.
+    """
+    if not want.dit.copy_input or state.cfg.dit.copy_input:
+        return state
+    state.dit = add_copy_path(state.dit)
+    state.ema = add_copy_path(state.ema).requires_grad_(False)
+    state.cfg.dit = state.dit.cfg
+    state.opt_dit = _dit_optimizer(state.dit, state.cfg)
+    return state
 
 
 def save(state: State, out: Path) -> None:
@@ -310,12 +329,13 @@ def main(
         print(f"unknown config {config!r}; choose one of {', '.join(CONFIGS)}")
         return 2
     ckpt = out / "ckpt.pt"
+    want = copy.deepcopy(CONFIGS[config])
     if resume and ckpt.exists():
-        state = load(ckpt)
+        state = grow(load(ckpt), want)
     elif resume and weights.available():
-        state = from_package(copy.deepcopy(CONFIGS[config]))
+        state = grow(from_package(copy.deepcopy(want)), want)
     else:
-        state = new_state(copy.deepcopy(CONFIGS[config]))
+        state = new_state(want)
     (out / "config.json").write_text(json.dumps(asdict(state.cfg), indent=2) + "\n")
 
     def log(msg: str) -> None:

@@ -1,3 +1,4 @@
+import copy
 import json
 from pathlib import Path
 
@@ -25,3 +26,36 @@ def test_trains_a_few_steps_checkpoints_and_resumes(tmp_path: Path) -> None:
 
 def test_unknown_config_is_refused(tmp_path: Path) -> None:
     assert train.main(out=tmp_path, config="nope") == 2
+
+
+@pytest.mark.slow
+def test_resuming_a_model_from_before_the_copy_path_grows_it(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    old = copy.deepcopy(train.CONFIGS["tiny"])
+    old.dit.copy_input = False
+    state = train.new_state(old)
+    state.ae_done = True
+    out.mkdir()
+    train.save(state, out)
+    assert train.main(out=out, config="tiny", resume=True) == 0
+    grown = train.load(out / "ckpt.pt")
+    assert grown.cfg.dit.copy_input and grown.dit.latent_in.in_features == 8
+    assert grown.dit_step == 4
+
+
+@pytest.mark.slow
+def test_resume_without_a_checkpoint_continues_from_shipped_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A "package" holding a tiny model, so the test stays fast and never touches the real one.
+    pkg = tmp_path / "pkg"
+    tiny = train.new_state(copy.deepcopy(train.CONFIGS["tiny"]))
+    weights.export(tiny.ae, tiny.ema, {"ae_steps": 7, "dit_steps": 11, "train_seconds": 5.0}, pkg)
+    monkeypatch.setattr(weights, "PACKAGE_WEIGHTS", pkg)
+    monkeypatch.setattr(weights.load, "__defaults__", (pkg,))
+    monkeypatch.setattr(weights.available, "__defaults__", (pkg,))
+    out = tmp_path / "run"
+    assert train.main(out=out, config="tiny", resume=True) == 0
+    state = train.load(out / "ckpt.pt")
+    assert state.ae_done and state.ae_step == 7  # the shipped AE is kept, not retrained
+    assert state.dit_step == 11 + 4 and state.seconds >= 5.0

@@ -1,0 +1,55 @@
+import torch
+
+from dreamserve.engine.builtin.dit import DiT, DiTConfig, add_copy_path
+
+SMALL = DiTConfig(latent_ch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0)
+
+
+def _inputs(refs: int) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 3, 5, generator=g)
+    text = torch.randn(2, 6, 384, generator=g)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    return (x, torch.tensor([0.3, 0.9]), text, mask) + tuple(
+        torch.randn(2, 4, 3, 5, generator=g) for _ in range(refs)
+    )
+
+
+def _perturb(model: DiT) -> DiT:
+    # adaLN-Zero starts every block at the identity; make the function non-trivial.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def test_old_configs_load_without_the_copy_path() -> None:
+    d = SMALL.to_dict()
+    del d["copy_input"]
+    assert DiTConfig.from_dict(d).copy_input is False
+    assert DiTConfig().copy_input is True
+
+
+def test_adding_the_copy_path_keeps_the_models_function() -> None:
+    torch.manual_seed(0)
+    old = _perturb(DiT(DiTConfig(**{**SMALL.to_dict(), "copy_input": False})))
+    new = add_copy_path(old).eval()
+    assert new.cfg.copy_input and new.latent_in.in_features == 8
+    x, t, text, mask, ref = _inputs(1)
+    with torch.no_grad():
+        assert torch.allclose(old(x, t, text, mask, [ref]), new(x, t, text, mask, [ref]))
+    assert add_copy_path(new) is new
+
+
+def test_the_copy_path_feeds_image_one_to_the_target_tokens() -> None:
+    torch.manual_seed(0)
+    model = _perturb(DiT(SMALL))
+    x, t, text, mask, ref = _inputs(1)
+    with torch.no_grad():
+        a = model(x, t, text, mask, [ref])
+        # Same input tokens in the sequence, different copy-path input: the output changes.
+        w = model.latent_in.weight.clone()
+        model.latent_in.weight[:, 4:] = 0.0
+        b = model(x, t, text, mask, [ref])
+        model.latent_in.weight.copy_(w)
+    assert a.shape == x.shape and not torch.allclose(a, b)
