@@ -1,6 +1,8 @@
 import json
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -34,3 +36,19 @@ def test_eval_scores_a_checkpoint_and_writes_report_and_grid(tmp_path: Path) -> 
     assert report["counts"]["color_shape"] == 2
     assert Image.open(out / "grid.png").width > 256
     assert "| metric | result | target | met |" in (out / "report.md").read_text()
+
+
+def test_grid_wraps_rows_to_the_widest_and_keeps_every_sample() -> None:
+    tile = Image.new("RGB", (256, 256), "red")
+    strip = Image.new("RGB", (768, 256), "blue")
+    g = evaluate.grid([("a", tile)] * 5 + [("b", strip)] * 3, max_width=1300)
+    assert g.width <= 1300 + 8 and g.height % (256 + 34) == 0
+    reds = (np.asarray(g)[..., 0] == 255) & (np.asarray(g)[..., 2] == 0)
+    assert reds.sum() == 5 * 256 * 256  # nothing overlaps or is cut
+
+
+def test_edits_prefer_sentences_the_training_never_saw() -> None:
+    rnd = random.Random(0)
+    first = evaluate.edit_spec(random.Random(0), "recolor")
+    task = evaluate._unseen_edit(rnd, "recolor", {first.text})
+    assert task.op == "recolor" and task.text != first.text
