@@ -73,7 +73,9 @@ class Block(nn.Module):
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """t in [0, 1] (B,) -> (B, dim) sinusoidal features."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+    freqs = torch.exp(
+        -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    )
     args = (t[:, None].float() * 1000.0) * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -146,7 +148,7 @@ class DiT(nn.Module):
         if self.cfg.copy_input:
             z = torch.cat([z, torch.zeros_like(z) if base is None else base], dim=1)  # (B, 2C, ..)
         tok = self.latent_in(z.flatten(2).transpose(1, 2))
-        pos = grid_pos_embedding(gh, gw, self.cfg.dim).to(tok.dtype)
+        pos = grid_pos_embedding(gh, gw, self.cfg.dim).to(tok.device, tok.dtype)
         return tok + pos[None] + self.image_id.weight[index][None, None]
 
     def forward(
@@ -168,10 +170,10 @@ class DiT(nn.Module):
         masks = [text_mask]
         for i, r in enumerate(refs):
             seq.append(self._image_tokens(r, i + 1))  # (B, gh'*gw', D)
-            masks.append(torch.ones(B, r.shape[2] * r.shape[3], dtype=torch.bool))
+            masks.append(torch.ones(B, r.shape[2] * r.shape[3], dtype=torch.bool, device=x.device))
         base = refs[0] if refs and refs[0].shape[2:] == x.shape[2:] else None
         seq.append(self._image_tokens(x, 0, base))  # (B, gh*gw, D), always last
-        masks.append(torch.ones(B, gh * gw, dtype=torch.bool))
+        masks.append(torch.ones(B, gh * gw, dtype=torch.bool, device=x.device))
         h = torch.cat(seq, dim=1)  # (B, N, D)
         attn_mask = torch.cat(masks, dim=1)[:, None, None, :]  # (B, 1, 1, N)
 

@@ -18,11 +18,11 @@ def export(ae: AutoEncoder, dit: DiT, meta: dict[str, Any], dest: Path = PACKAGE
     """Write ae.safetensors, dit.safetensors (fp16) and config.json (both configs + provenance)."""
     dest.mkdir(parents=True, exist_ok=True)
     save_file(
-        {k: v.detach().half().contiguous() for k, v in ae.state_dict().items()},
+        {k: v.detach().cpu().half().contiguous() for k, v in ae.state_dict().items()},
         str(dest / "ae.safetensors"),
     )
     save_file(
-        {k: v.detach().half().contiguous() for k, v in dit.state_dict().items()},
+        {k: v.detach().cpu().half().contiguous() for k, v in dit.state_dict().items()},
         str(dest / "dit.safetensors"),
     )
     config = {"ae": ae.cfg.to_dict(), "dit": dit.cfg.to_dict(), "meta": meta}

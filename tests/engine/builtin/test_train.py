@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from dreamserve.engine.builtin import train, weights
+from dreamserve.engine.builtin import checkpoint, train, weights
+from dreamserve.engine.builtin.train_config import CONFIGS
 
 
 @pytest.mark.slow
@@ -12,7 +13,7 @@ def test_trains_a_few_steps_checkpoints_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert train.main(out=out, config="tiny") == 0
     ckpt = out / "ckpt.pt"
-    state = train.load(ckpt)
+    state = checkpoint.load(ckpt)
     assert state.ae_done and state.ae_step == 2 and state.dit_step == 4
     assert state.cfg.dit.dim == 32  # the checkpoint carries its config
     assert weights.available(out / "weights")
@@ -20,7 +21,7 @@ def test_trains_a_few_steps_checkpoints_and_resumes(tmp_path: Path) -> None:
     assert meta["dit_steps"] == 4 and meta["seed"] == state.cfg.seed
 
     assert train.main(out=out, config="tiny", resume=True) == 0
-    again = train.load(ckpt)
+    again = checkpoint.load(ckpt)
     assert again.ae_step == 2 and again.dit_step == 8  # AE kept, DiT continued
 
 
@@ -31,14 +32,14 @@ def test_unknown_config_is_refused(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_resuming_a_model_from_before_the_copy_path_grows_it(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    old = copy.deepcopy(train.CONFIGS["tiny"])
+    old = copy.deepcopy(CONFIGS["tiny"])
     old.dit.copy_input = False
-    state = train.new_state(old)
+    state = checkpoint.new_state(old)
     state.ae_done = True
     out.mkdir()
-    train.save(state, out)
+    checkpoint.save(state, out)
     assert train.main(out=out, config="tiny", resume=True) == 0
-    grown = train.load(out / "ckpt.pt")
+    grown = checkpoint.load(out / "ckpt.pt")
     assert grown.cfg.dit.copy_input and grown.dit.latent_in.in_features == 8
     assert grown.dit_step == 4
 
@@ -49,13 +50,21 @@ def test_resume_without_a_checkpoint_continues_from_shipped_weights(
 ) -> None:
     # A "package" holding a tiny model, so the test stays fast and never touches the real one.
     pkg = tmp_path / "pkg"
-    tiny = train.new_state(copy.deepcopy(train.CONFIGS["tiny"]))
+    tiny = checkpoint.new_state(copy.deepcopy(CONFIGS["tiny"]))
     weights.export(tiny.ae, tiny.ema, {"ae_steps": 7, "dit_steps": 11, "train_seconds": 5.0}, pkg)
     monkeypatch.setattr(weights, "PACKAGE_WEIGHTS", pkg)
     monkeypatch.setattr(weights.load, "__defaults__", (pkg,))
     monkeypatch.setattr(weights.available, "__defaults__", (pkg,))
     out = tmp_path / "run"
     assert train.main(out=out, config="tiny", resume=True) == 0
-    state = train.load(out / "ckpt.pt")
+    state = checkpoint.load(out / "ckpt.pt")
     assert state.ae_done and state.ae_step == 7  # the shipped AE is kept, not retrained
     assert state.dit_step == 11 + 4 and state.seconds >= 5.0
+
+
+def test_a_gpu_config_without_a_gpu_is_refused_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert train.main(out=tmp_path, config="gpu") == 2
+    assert "no CUDA device" in capsys.readouterr().out

@@ -1,0 +1,74 @@
+"""What `dreamserve train` trains and how: one dataclass, carried inside every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dreamserve.engine.builtin.autoencoder import AEConfig
+from dreamserve.engine.builtin.dit import DiTConfig
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1234
+    ae: AEConfig = field(default_factory=AEConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    ae_minutes: float = 8.0
+    ae_batch: int = 24
+    ae_lr: float = 2e-3
+    ae_max_steps: int = 10**9
+    pool_t2i: int = 9000
+    pool_edit: int = 4500
+    pool_ref: int = 1500
+    mix: tuple[float, float, float] = (0.5, 0.32, 0.18)  # t2i, edit, reference
+    batch: tuple[int, int, int] = (32, 24, 16)
+    lr: float = 5e-4
+    warmup: int = 50
+    dit_max_steps: int = 10**9
+    text_drop: float = 0.1
+    ckpt_minutes: float = 4.0
+    threads: int = 2
+    device: str = "cpu"  # "cuda" trains the same models on a GPU (bf16 autocast)
+    workers: int = 0  # processes rendering batches ahead; 0 renders in the training loop
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        kw = dict(d)
+        kw["ae"] = AEConfig.from_dict(kw["ae"])
+        kw["dit"] = DiTConfig.from_dict(kw["dit"])
+        kw["mix"], kw["batch"] = tuple(kw["mix"]), tuple(kw["batch"])
+        return cls(**kw)
+
+
+CONFIGS: dict[str, TrainConfig] = {
+    # The shipped model: sized and scheduled for the 2-core CPU (MODEL_CARD.md).
+    "default": TrainConfig(),
+    # The same models on a lent GPU: on the CPU rendering is ~10% of a step, on a GPU it would
+    # be nearly all of it, so 14 worker processes render ahead; batches 8x, learning rate
+    # scaled by about sqrt(8)/1.4, warm-up longer to match.
+    "gpu": TrainConfig(
+        device="cuda",
+        workers=14,
+        ae_minutes=3.0,
+        ae_batch=96,
+        batch=(256, 192, 128),
+        lr=1e-3,
+        warmup=300,
+        ckpt_minutes=2.0,
+        threads=2,
+    ),
+    # For tests: trains a few steps of a toy-sized model in seconds.
+    "tiny": TrainConfig(
+        ae=AEConfig(latent_ch=4, enc_ch=(8, 8, 8, 8), dec_ch=(8, 8, 8, 8), patch=1),
+        dit=DiTConfig(latent_ch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0),
+        ae_batch=2,
+        ae_max_steps=2,
+        pool_t2i=12,
+        pool_edit=8,
+        pool_ref=6,
+        batch=(3, 2, 2),
+        dit_max_steps=4,
+        warmup=2,
+    ),
+}
