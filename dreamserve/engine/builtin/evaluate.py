@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from scipy import ndimage
+from tqdm import tqdm
 
 from dreamserve.engine.builtin import weights
 from dreamserve.engine.builtin.captions import (
@@ -142,23 +143,27 @@ def evaluate(sampler: Sampler, samples: int, seen: set[str], steps: int = 10) ->
     t = Tally()
     t2i = _held_out(single_spec, samples, seen, rnd) + _held_out(relation_spec, samples, seen, rnd)
     t2i += _held_out(count_spec, samples, seen, rnd)
+    per_op = max(samples // 3, 2)
+    bar = tqdm(total=len(t2i) + per_op * (len(EDIT_OPS) + len(REF_OPS)), unit="image", desc="eval")
     for i, spec in enumerate(t2i):
+        bar.update()
         img = sampler(SampleSpec(spec.text, 1000 + i, SIZE, SIZE, 2.5, steps), [], lambda: None)
         check_t2i(img, spec, t)
         if i % max(samples, 1) < 4:
             t.samples.append((spec.text, img))
-    per_op = max(samples // 3, 2)
     tasks = [_unseen_edit(rnd, op, seen) for op in EDIT_OPS for _ in range(per_op)]
     t.ok["edit_seen_text"] = [task.text in seen for task in tasks]  # a share, not a score
     # Reference instructions are a few fixed sentences: what is held out is their images.
     tasks += [ref_spec(rnd, op) for op in REF_OPS for _ in range(per_op)]
     for i, task in enumerate(tasks):
+        bar.update()
         inputs, tgt = realize_task(task, rnd)
         imgs = [render(s, SIZE, SIZE, 2) for s in inputs]
         out = sampler(SampleSpec(task.text, 5000 + i, SIZE, SIZE, 2.5, steps), imgs, lambda: None)
         check_task(out, task, inputs, tgt, t)
         if i % per_op == 0:
             t.samples.append((task.text, _strip([*imgs, out])))
+    bar.close()
     return t
 
 
