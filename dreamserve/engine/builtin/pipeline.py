@@ -25,6 +25,13 @@ MAX_REFS = 3  # trained with up to 3 input images; later ones are ignored (said 
 SEED_STRIDE = 7919  # independent outputs use seed + i * stride
 
 
+def ignored_images(n: int) -> str:
+    return (
+        f"the built-in model uses the first {MAX_REFS} of the {n} input images "
+        f"(images {MAX_REFS + 1}-{n} are ignored); it was trained with at most {MAX_REFS}"
+    )
+
+
 class BuiltinGenerator:
     name = "builtin"
     capabilities = Capabilities(
@@ -77,6 +84,8 @@ class BuiltinGenerator:
         if should_cancel():
             raise Canceled()
         images = list(task.images)[:MAX_REFS]
+        if len(task.images) > MAX_REFS:
+            on_progress(Progress(0, total, message=ignored_images(len(task.images))))
         out = []
         for prompt, seed in jobs:
             spec = SampleSpec(

@@ -63,6 +63,18 @@ def test_edit_and_references_take_input_images(gen: Generator) -> None:
     assert len(gen.generate(refs, lambda p: None, lambda: False)) == 1
 
 
+def test_input_images_beyond_the_trained_three_are_named_in_the_logs(gen: Generator) -> None:
+    src = render(Scene("white", (Obj("square", "blue", 0.5, 0.5, 0.3),)), 64, 64)
+    seen: list[Progress] = []
+    task = _task(images=[src] * 5, prompt="combine images 1 to 5")
+    assert len(gen.generate(task, seen.append, lambda: False)) == 1
+    messages = [p.message for p in seen if p.message]
+    assert messages == [
+        "the built-in model uses the first 3 of the 5 input images "
+        "(images 4-5 are ignored); it was trained with at most 3"
+    ]
+
+
 def test_sets_and_independent_outputs(gen: Generator) -> None:
     steps: list[Progress] = []
     task = _task(
