@@ -118,11 +118,15 @@ def from_package(want: TrainConfig) -> State:
 
 
 def grow(state: State, want: TrainConfig) -> State:
-    """Resuming a model from before the copy path (DiTConfig.copy_input) adds it.
+    """Bring a model from an older config up to `want`: time shift and copy path.
 
-    The new inputs start at zero, so the grown model computes what the old one did; the DiT's
-    AdamW moments restart because a parameter changed shape.
+    A model trained unshifted continues with `want`'s time shift (and is sampled with it).
+    A model without the copy path (DiTConfig.copy_input) gains it: the new inputs start at
+    zero, so it computes what the old one did; the DiT's AdamW moments restart because a
+    parameter changed shape.
     """
+    for c in (state.cfg.dit, state.dit.cfg, state.ema.cfg):
+        c.time_shift = want.dit.time_shift
     if not want.dit.copy_input or state.cfg.dit.copy_input:
         return state
     dev = torch.device(state.cfg.device)

@@ -108,6 +108,11 @@ class DiTConfig:
     mlp_ratio: float = 3.0
     max_images: int = 4  # target + up to 3 references per forward during training
     copy_input: bool = True  # image 1's latents also enter the target tokens (module docstring)
+    # Flow time is trained and sampled shifted towards noise: t -> s*t / (1 + (s-1)*t). A token
+    # is 16 near-copies of each latent pixel, so its colour survives noise until t ~ 0.95, and
+    # layout is decided there; unshifted logit-normal t put only 1.4% of training above t=0.9,
+    # shift 4 puts 21% there (SD3 shifts for the same reason at high resolution).
+    time_shift: float = 4.0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -115,7 +120,7 @@ class DiTConfig:
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> DiTConfig:
         # Configs written before the copy path existed describe a model without it.
-        return cls(**({"copy_input": False} | d))  # type: ignore[arg-type]
+        return cls(**({"copy_input": False, "time_shift": 1.5} | d))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- model
@@ -182,6 +187,11 @@ class DiT(nn.Module):
         shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=-1)
         h = modulate(self.norm_out(h[:, -gh * gw :]), shift, scale)  # target tokens only
         return self.out(h).transpose(1, 2).reshape(B, C, gh, gw)  # predicted velocity
+
+
+def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """Warp flow times in [0, 1] towards 1 (more noise); 0 and 1 stay put."""
+    return shift * t / (1 + (shift - 1) * t)
 
 
 def add_copy_path(old: DiT) -> DiT:

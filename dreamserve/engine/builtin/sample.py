@@ -19,7 +19,7 @@ from PIL import Image
 
 from dreamserve.engine.builtin.autoencoder import AutoEncoder
 from dreamserve.engine.builtin.data import PX, grid_for, to_tensor
-from dreamserve.engine.builtin.dit import DiT, null_condition
+from dreamserve.engine.builtin.dit import DiT, null_condition, shift_time
 from dreamserve.engine.builtin.textenc import TextEncoder
 from dreamserve.engine.builtin.upscale import upscale
 
@@ -36,10 +36,9 @@ class SampleSpec:
     steps: int = 10
 
 
-def time_grid(steps: int, shift: float = 1.5) -> torch.Tensor:
-    """steps+1 times from 1 to 0, spending more steps at high noise (where layout is decided)."""
-    t = torch.linspace(1.0, 0.0, steps + 1)
-    return shift * t / (1 + (shift - 1) * t)
+def time_grid(steps: int, shift: float) -> torch.Tensor:
+    """steps+1 times from 1 to 0, shifted as in training (more steps where layout is decided)."""
+    return shift_time(torch.linspace(1.0, 0.0, steps + 1), shift)
 
 
 class Sampler:
@@ -77,7 +76,7 @@ class Sampler:
         if noise is None:
             noise = seeded_noise(spec.seed, self.ae.token_ch, gh, gw)
         x = noise.clone()
-        ts = time_grid(spec.steps)
+        ts = time_grid(spec.steps, self.dit.cfg.time_shift)
         # Step 4: Euler integration of dx/dt = v, guided: v = v_u + g (v_c - v_u).
         for i in range(spec.steps):
             t = ts[i].expand(2)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from dreamserve.engine.builtin import weights
 from dreamserve.engine.builtin.checkpoint import State, from_package, grow, load, new_state, save
 from dreamserve.engine.builtin.data import Pools, build_pools, render_batch, sample_batch
+from dreamserve.engine.builtin.dit import shift_time
 from dreamserve.engine.builtin.stream import Rendered, batches
 from dreamserve.engine.builtin.train_config import CONFIGS
 
@@ -59,6 +60,13 @@ def finish_ae(state: State, rnd: random.Random, pools: Pools) -> None:
     state.ae_done = True
 
 
+def flow_times(n: int, shift: float, uniform: float, dev: torch.device) -> torch.Tensor:
+    """Shifted logit-normal times (DiTConfig.time_shift), a `uniform` share drawn uniformly."""
+    t = shift_time(torch.sigmoid(torch.randn(n, device=dev)), shift)
+    flat = torch.rand(n, device=dev)
+    return torch.where(torch.rand(n, device=dev) < uniform, flat, t)
+
+
 def dit_step(state: State, batch: Rendered, pools: Pools, lr: float) -> float:
     cfg, dev = state.cfg, torch.device(state.cfg.device)
     with torch.no_grad():
@@ -70,7 +78,7 @@ def dit_step(state: State, batch: Rendered, pools: Pools, lr: float) -> float:
     text[drop] = 0.0
     mask[drop] = False
     mask[drop, 0] = True
-    t = torch.sigmoid(torch.randn(B, device=dev))  # logit-normal: most samples at mid noise
+    t = flow_times(B, cfg.dit.time_shift, cfg.t_uniform, dev)
     noise = torch.randn_like(x0)
     xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * noise
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):

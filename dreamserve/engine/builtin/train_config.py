@@ -27,6 +27,7 @@ class TrainConfig:
     warmup: int = 50
     dit_max_steps: int = 10**9
     text_drop: float = 0.1
+    t_uniform: float = 0.15  # share of flow times drawn uniformly, so low noise is still trained
     ckpt_minutes: float = 4.0
     threads: int = 2
     device: str = "cpu"  # "cuda" trains the same models on a GPU (bf16 autocast)

@@ -1,6 +1,6 @@
 import torch
 
-from dreamserve.engine.builtin.dit import DiT, DiTConfig, add_copy_path
+from dreamserve.engine.builtin.dit import DiT, DiTConfig, add_copy_path, shift_time
 
 SMALL = DiTConfig(latent_ch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0)
 
@@ -25,8 +25,9 @@ def _perturb(model: DiT) -> DiT:
 
 def test_old_configs_load_without_the_copy_path() -> None:
     d = SMALL.to_dict()
-    del d["copy_input"]
-    assert DiTConfig.from_dict(d).copy_input is False
+    del d["copy_input"], d["time_shift"]
+    old = DiTConfig.from_dict(d)
+    assert old.copy_input is False and old.time_shift == 1.5  # as the first model was sampled
     assert DiTConfig().copy_input is True
 
 
@@ -53,3 +54,9 @@ def test_the_copy_path_feeds_image_one_to_the_target_tokens() -> None:
         b = model(x, t, text, mask, [ref])
         model.latent_in.weight.copy_(w)
     assert a.shape == x.shape and not torch.allclose(a, b)
+
+
+def test_time_shift_moves_times_towards_noise_and_keeps_the_ends() -> None:
+    t = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    s = shift_time(t, 3.0)
+    assert s[0] == 0.0 and s[-1] == 1.0 and s[2] == 0.75 and bool((s >= t).all())

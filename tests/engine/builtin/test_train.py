@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from dreamserve.engine.builtin import checkpoint, train, weights
 from dreamserve.engine.builtin.train_config import CONFIGS
@@ -33,7 +34,7 @@ def test_unknown_config_is_refused(tmp_path: Path) -> None:
 def test_resuming_a_model_from_before_the_copy_path_grows_it(tmp_path: Path) -> None:
     out = tmp_path / "run"
     old = copy.deepcopy(CONFIGS["tiny"])
-    old.dit.copy_input = False
+    old.dit.copy_input, old.dit.time_shift = False, 1.0
     state = checkpoint.new_state(old)
     state.ae_done = True
     out.mkdir()
@@ -41,6 +42,7 @@ def test_resuming_a_model_from_before_the_copy_path_grows_it(tmp_path: Path) -> 
     assert train.main(out=out, config="tiny", resume=True) == 0
     grown = checkpoint.load(out / "ckpt.pt")
     assert grown.cfg.dit.copy_input and grown.dit.latent_in.in_features == 8
+    assert grown.ema.cfg.time_shift == CONFIGS["tiny"].dit.time_shift  # exported with the EMA
     assert grown.dit_step == 4
 
 
@@ -68,3 +70,11 @@ def test_a_gpu_config_without_a_gpu_is_refused_with_the_reason(
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     assert train.main(out=tmp_path, config="gpu") == 2
     assert "no CUDA device" in capsys.readouterr().out
+
+
+def test_flow_times_lean_towards_noise_but_cover_all_of_0_to_1() -> None:
+    torch.manual_seed(0)
+    t = train.flow_times(20000, 4.0, 0.15, torch.device("cpu"))
+    assert float(t.min()) >= 0.0 and float(t.max()) <= 1.0
+    assert 0.15 < float((t > 0.9).float().mean()) < 0.35
+    assert float((t < 0.2).float().mean()) > 0.02
