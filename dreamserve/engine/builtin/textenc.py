@@ -7,10 +7,12 @@ encodes a fixed pool of captions once and caches the states (see train.py).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer
+
+from dreamserve.engine.builtin.minilm import MiniLM
 
 MAX_TOKENS = 32
 TEXT_DIM = 384
@@ -26,25 +28,16 @@ class TextEncoder:
     """Callable: list of strings -> (states (B, L, 384) float32, mask (B, L) bool)."""
 
     def __init__(self) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        path = str(model_dir())
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval()
+        path = model_dir()
+        # The package's own WordPiece tokenizer (lower-casing, [CLS] ... [SEP]), read directly.
+        self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self.tokenizer.enable_truncation(MAX_TOKENS)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self.model = MiniLM.load(path)
 
     @torch.inference_mode()
     def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.tokenizer(
-            [t.lower() for t in texts],
-            padding=True,
-            truncation=True,
-            max_length=MAX_TOKENS,
-            return_tensors="pt",
-        )
-        states = self.model(**batch).last_hidden_state.float()
-        return states, batch["attention_mask"].bool()
+        enc = self.tokenizer.encode_batch([t.lower() for t in texts])
+        ids = torch.tensor([e.ids for e in enc])  # (B, L)
+        mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.bool)
+        return self.model(ids, mask).float(), mask
