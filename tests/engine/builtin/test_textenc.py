@@ -1,10 +1,12 @@
 """The plain-torch MiniLM computes what transformers' BertModel computes on the same weights."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
+from dreamserve.engine.builtin.minilm import export_half
 from dreamserve.engine.builtin.textenc import MAX_TOKENS, TEXT_DIM, TextEncoder, model_dir
 
 TEXTS = [
@@ -47,3 +49,18 @@ def test_matches_transformers_bert_on_the_same_weights(
     states, mask = ours
     assert torch.equal(mask, batch["attention_mask"].bool())
     assert torch.allclose(states[mask], ref[mask], atol=1e-4)
+
+
+def test_an_fp16_copy_loads_through_the_override_and_agrees(
+    ours: tuple[torch.Tensor, torch.Tensor],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    export_half(model_dir(), tmp_path / "minilm")
+    size = (tmp_path / "minilm" / "model.safetensors").stat().st_size
+    assert size < 0.55 * (model_dir() / "model.safetensors").stat().st_size
+    monkeypatch.setenv("DREAMSERVE_MINILM_DIR", str(tmp_path / "minilm"))
+    assert model_dir() == tmp_path / "minilm"
+    states, mask = TextEncoder()(TEXTS)
+    assert torch.equal(mask, ours[1])
+    assert torch.allclose(states[mask], ours[0][mask], atol=0.05)
