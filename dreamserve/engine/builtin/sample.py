@@ -44,6 +44,7 @@ def time_grid(steps: int, shift: float) -> torch.Tensor:
 class Sampler:
     def __init__(self, ae: AutoEncoder, dit: DiT, text: TextEncoder) -> None:
         self.ae, self.dit, self.text = ae, dit, text
+        self.time_shift = dit.cfg.time_shift  # sampled as it was trained
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], gw: int, gh: int) -> list[torch.Tensor]:
@@ -76,7 +77,7 @@ class Sampler:
         if noise is None:
             noise = seeded_noise(spec.seed, self.ae.token_ch, gh, gw)
         x = noise.clone()
-        ts = time_grid(spec.steps, self.dit.cfg.time_shift)
+        ts = time_grid(spec.steps, self.time_shift)
         # Step 4: Euler integration of dx/dt = v, guided: v = v_u + g (v_c - v_u).
         for i in range(spec.steps):
             t = ts[i].expand(2)
