@@ -28,9 +28,6 @@ from typing import IO, TYPE_CHECKING
 import uvicorn
 
 from dreamserve.config import Settings
-
-if TYPE_CHECKING:
-    from dreamserve.api.context import Services
 from dreamserve.jobs.wakeup import BUSY, WORK
 
 if TYPE_CHECKING:

@@ -53,7 +53,9 @@ class MiniLM(nn.Module):
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # ids, mask: (B, L) -> last hidden states (B, L, 384)
         x = self.norm(self.word(ids) + self.pos.weight[: ids.shape[1]][None] + self.type0)
-        bias = torch.zeros(mask.shape, dtype=x.dtype).masked_fill(~mask, float("-inf"))
+        bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(
+            ~mask, float("-inf")
+        )
         for layer in self.layers:
             x = layer(x, bias[:, None, None, :])  # padding keys are never attended to
         return x

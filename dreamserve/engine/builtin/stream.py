@@ -54,14 +54,13 @@ def batches(
     pools: Pools, mix: tuple[float, ...], sizes: tuple[int, ...], seed: int, workers: int
 ) -> Iterator[Rendered]:
     """An endless stream of batches; with workers, forked processes share `pools` read-only."""
+    stream = _Endless(pools, mix, sizes, seed)
     if workers <= 0:
-        rnd = random.Random(seed)
-        while True:
-            yield draw(pools, mix, sizes, rnd)
+        return iter(stream)  # no worker info here: the stream is seeded as worker 0
     loader = DataLoader(
-        _Endless(pools, mix, sizes, seed),
+        stream,
         batch_size=None,  # items are whole batches already
         num_workers=workers,
         prefetch_factor=4,
     )
-    yield from loader
+    return iter(loader)

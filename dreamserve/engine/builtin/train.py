@@ -123,12 +123,8 @@ class Clock:
 
 def train_ae(state: State, pools: Pools, clock: Clock, rnd: random.Random, log: Log) -> None:
     cfg = state.cfg
-    secs, start, last_log, n = (
-        min(cfg.ae_minutes * 60, clock.budget * 0.5),
-        time.monotonic(),
-        0.0,
-        0,
-    )
+    secs = min(cfg.ae_minutes * 60, clock.budget * 0.5)
+    start, last_log, n = time.monotonic(), 0.0, 0
     while time.monotonic() < start + secs and n < cfg.ae_max_steps:
         frac = (time.monotonic() - start) / secs
         mse = ae_step(state, rnd, pools, cfg.ae_lr * min(1.0, (n + 1) / 20) * _cosine(frac))
