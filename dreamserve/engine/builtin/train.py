@@ -8,6 +8,7 @@ package (models only: optimiser state is not shipped). Named configs: train_conf
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import random
@@ -25,7 +26,7 @@ from dreamserve.engine.builtin.checkpoint import State, from_package, grow, load
 from dreamserve.engine.builtin.data import Pools, build_pools, render_batch, sample_batch
 from dreamserve.engine.builtin.dit import shift_time
 from dreamserve.engine.builtin.stream import Rendered, batches
-from dreamserve.engine.builtin.train_config import CONFIGS
+from dreamserve.engine.builtin.train_config import CONFIGS, TrainConfig
 
 Log = Callable[[str], None]
 
@@ -81,7 +82,7 @@ def dit_step(state: State, batch: Rendered, pools: Pools, lr: float) -> float:
     t = flow_times(B, cfg.dit.time_shift, cfg.t_uniform, dev)
     noise = torch.randn_like(x0)
     xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * noise
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast_bf16(cfg)):
         v = state.dit(xt, t, text, mask, refs)
     loss = F.mse_loss(v.float(), noise - x0)
     for g in state.opt_dit.param_groups:
@@ -95,6 +96,26 @@ def dit_step(state: State, batch: Rendered, pools: Pools, lr: float) -> float:
         torch._foreach_lerp_(list(state.ema.parameters()), list(state.dit.parameters()), 1 - decay)
     state.dit_step += 1
     return loss.item()
+
+
+def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX or AVX512-BF16); elsewhere it is emulated
+    and slower than fp32. False where the flags cannot be read."""
+    try:
+        flags = cpuinfo.read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+@functools.cache
+def _cpu_bf16() -> bool:
+    return cpu_has_bf16()
+
+
+def autocast_bf16(cfg: TrainConfig) -> bool:
+    """TrainConfig.bf16, where the device does bf16 matmuls fast."""
+    return cfg.bf16 and (cfg.device.startswith("cuda") or _cpu_bf16())
 
 
 def _cosine(frac: float) -> float:
@@ -171,6 +192,7 @@ def run(state: State, out: Path, max_minutes: float | None, log: Log = print) ->
     torch.set_num_threads(cfg.threads)
     clock = Clock(state, max_minutes)
     pools = build_pools(cfg.seed, cfg.pool_t2i, cfg.pool_edit, cfg.pool_ref, out / "cache", log)
+    log(f"training on {cfg.device}, DiT matmuls in {'bf16' if autocast_bf16(cfg) else 'fp32'}")
     if not state.ae_done:
         train_ae(state, pools, clock, random.Random(cfg.seed + state.ae_step), log)
         save(state, out)

@@ -1,6 +1,12 @@
 import torch
 
-from dreamserve.engine.builtin.dit import DiT, DiTConfig, add_copy_path, shift_time
+from dreamserve.engine.builtin.dit import (
+    DiT,
+    DiTConfig,
+    _matmul_attention,
+    add_copy_path,
+    shift_time,
+)
 
 SMALL = DiTConfig(latent_ch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0)
 
@@ -60,3 +66,19 @@ def test_time_shift_moves_times_towards_noise_and_keeps_the_ends() -> None:
     t = torch.tensor([0.0, 0.25, 0.5, 1.0])
     s = shift_time(t, 3.0)
     assert s[0] == 0.0 and s[-1] == 1.0 and s[2] == 0.75 and bool((s >= t).all())
+
+
+def test_bf16_cpu_attention_matches_the_fused_kernel() -> None:
+    # Under bf16 autocast on a CPU, attention runs as plain matmuls (dit._matmul_attention):
+    # same function as scaled_dot_product_attention, padding masked out.
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 2, 7, 8, generator=g) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    mask[0, ..., 5:] = False
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.allclose(_matmul_attention(q, k, v, mask), want, atol=1e-5)
+    model = _perturb(DiT(SMALL))
+    x, t, text, tmask, ref = _inputs(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x, t, text, tmask, [ref])
+    assert torch.allclose(low.float(), model(x, t, text, tmask, [ref]), atol=0.05)

@@ -78,3 +78,15 @@ def test_flow_times_lean_towards_noise_but_cover_all_of_0_to_1() -> None:
     assert float(t.min()) >= 0.0 and float(t.max()) <= 1.0
     assert 0.15 < float((t > 0.9).float().mean()) < 0.35
     assert float((t < 0.2).float().mean()) > 0.02
+
+
+def test_bf16_autocast_only_where_the_hardware_multiplies_bf16(tmp_path: Path) -> None:
+    amx, old = tmp_path / "amx", tmp_path / "old"
+    amx.write_text("flags\t: fpu avx2 avx512f amx_bf16 amx_tile\n")
+    old.write_text("flags\t: fpu avx2\n")
+    assert train.cpu_has_bf16(amx) and not train.cpu_has_bf16(old)
+    assert not train.cpu_has_bf16(tmp_path / "missing")
+    cfg = copy.deepcopy(CONFIGS["default"])
+    assert train.autocast_bf16(copy.deepcopy(CONFIGS["gpu"]))
+    cfg.bf16 = False
+    assert not train.autocast_bf16(cfg)
