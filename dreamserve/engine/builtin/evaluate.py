@@ -7,7 +7,8 @@ is in the 4500-task pool: each edit tries 50 draws for an unseen sentence and ot
 seen one (the report counts them as `edit_seen_text`), so that every edit type is scored; its
 scene is always new. Images are generated at the decoder's native 256 px (1:1) and checked
 there; edits are scored against the input image.
-Writes report.json, report.md (the table) and grid.png (samples with their prompts).
+Writes report.json, report.md (the table), grid.png (samples with their prompts) and
+shapes.png (`shape_probe`: does the shape word change the drawing?).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from dreamserve.engine.builtin.pairs import (
     realize_task,
     ref_spec,
 )
-from dreamserve.engine.builtin.render import Scene, object_mask, render
+from dreamserve.engine.builtin.render import SHAPES, Scene, object_mask, render
 from dreamserve.engine.builtin.sample import Sampler, SampleSpec
 from dreamserve.engine.builtin.textenc import TextEncoder
 
@@ -167,6 +168,22 @@ def evaluate(sampler: Sampler, samples: int, seen: set[str], steps: int = 10) ->
     return t
 
 
+def shape_probe(sampler: Sampler, seed: int = 7) -> Image.Image:
+    """Every shape word in one prompt, one seed: 'a large red <shape> in the center ...'.
+
+    Each column differs from the next only in the shape word and starts from the same noise,
+    so the row shows at a glance how much the model draws what the word says (the session-3
+    model drew the same blob for all twelve). Labels name the shape the checker sees.
+    """
+    tiles = []
+    for shape in SHAPES:
+        prompt = f"a large red {shape} in the center on a white background"
+        img = sampler(SampleSpec(prompt, seed, SIZE, SIZE, 2.5, 10), [], lambda: None)
+        seen = sorted(find_objects(img, ["red"]), key=lambda f: -f.area)[:1]
+        tiles.append((f"{shape} -> {seen[0].shape if seen else 'nothing'}", img))
+    return grid(tiles, max_width=6 * (SIZE + 8))
+
+
 def _unseen_edit(rnd: random.Random, op: str, seen: set[str], tries: int = 50) -> TaskSpec:
     task = edit_spec(rnd, op)
     for _ in range(tries - 1):
@@ -237,7 +254,8 @@ def main(checkpoint: Path | None = None, samples: int = 50, out: Path = Path("ev
     t2i, edit, ref = make_specs(seed, 9000, 4500, 1500)
     seen = {s.text for s in t2i} | {s.text for s in edit}
     start = time.monotonic()
-    tally = evaluate(Sampler(ae, dit, TextEncoder()), samples, seen)
+    sampler = Sampler(ae, dit, TextEncoder())
+    tally = evaluate(sampler, samples, seen)
     rows = table(tally)
     counts = {k: len(v) for k, v in tally.ok.items()} | {"edit_psnr_db": len(tally.psnrs)}
     out.mkdir(parents=True, exist_ok=True)
@@ -252,6 +270,8 @@ def main(checkpoint: Path | None = None, samples: int = 50, out: Path = Path("ev
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(markdown(rows, counts))
     grid(tally.samples).save(out / "grid.png")
+    shape_probe(sampler).save(out / "shapes.png")
     print(markdown(rows, counts))
-    print(f"wrote {out / 'report.json'}, {out / 'report.md'}, {out / 'grid.png'}")
+    names = ("report.json", "report.md", "grid.png", "shapes.png")
+    print("wrote " + ", ".join(str(out / n) for n in names))
     return 0

@@ -98,6 +98,7 @@ def dit_step(state: State, batch: Rendered, pools: Pools, lr: float) -> float:
     return loss.item()
 
 
+@functools.cache
 def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """Whether this CPU multiplies bf16 in hardware (AMX or AVX512-BF16); elsewhere it is emulated
     and slower than fp32. False where the flags cannot be read."""
@@ -108,14 +109,9 @@ def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-@functools.cache
-def _cpu_bf16() -> bool:
-    return cpu_has_bf16()
-
-
 def autocast_bf16(cfg: TrainConfig) -> bool:
     """TrainConfig.bf16, where the device does bf16 matmuls fast."""
-    return cfg.bf16 and (cfg.device.startswith("cuda") or _cpu_bf16())
+    return cfg.bf16 and (cfg.device.startswith("cuda") or cpu_has_bf16())
 
 
 def _cosine(frac: float) -> float:
