@@ -160,7 +160,7 @@ def main() -> int:
     cog_proc, cog_url = start_cog(ensure_cog())
     server = start_server(Path(tempfile.mkdtemp(prefix="ds-bench-")), workers=args.workers)
     try:
-        targets = {
+        targets: dict[str, tuple[str, dict[str, object]]] = {
             "cog": (f"{cog_url}/predictions", {"input": {"prompt": "bench"}}),
             "dreamserve": (
                 f"{server.url}/v1/models/bytedance/seedream-4/predictions",
