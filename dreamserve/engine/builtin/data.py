@@ -129,9 +129,10 @@ def sample_batch(pools: Pools, kind: str, size: int, rnd: random.Random) -> Batc
         return Batch([realize(s, rnd) for s in specs], [], [s.text for s in specs])
     pool = pools.edit if kind == "edit" else pools.ref
     n_in = len(rnd.choice(pool).backgrounds)
-    chosen = [s for s in (rnd.choice(pool) for _ in range(size * 4)) if len(s.backgrounds) == n_in][
-        :size
-    ]
+    # Draw from the tasks with that many inputs. (Drawing size*4 from the whole pool and
+    # keeping the matches came up empty for a rare input count, and crashed a training run.)
+    same = [s for s in pool if len(s.backgrounds) == n_in]
+    chosen = [rnd.choice(same) for _ in range(size)]
     drawn = [realize_task(s, rnd) for s in chosen]
     inputs = [[d[0][k] for d in drawn] for k in range(n_in)]
     return Batch([d[1] for d in drawn], inputs, [s.text for s in chosen])

@@ -1,0 +1,26 @@
+import random
+from collections import Counter
+
+import torch
+
+from dreamserve.engine.builtin.data import Pools, make_specs, sample_batch
+
+
+def test_batches_are_full_even_when_an_input_count_is_rare() -> None:
+    # One reference task in 100 has its input count: drawing 4x the batch from the whole pool
+    # and keeping the matches used to come up empty, and crashed a training run.
+    _, _, ref = make_specs(3, 0, 0, 400)
+    counts = Counter(len(s.backgrounds) for s in ref)
+    common, rare = counts.most_common()[0][0], counts.most_common()[-1][0]
+    assert common != rare
+    pool = [s for s in ref if len(s.backgrounds) == common][:99]
+    pool += [next(s for s in ref if len(s.backgrounds) == rare)]
+    pools = Pools([], [], pool, [], torch.zeros(0, 1, 384), torch.zeros(0), {})
+    rnd = random.Random(0)
+    seen = set()
+    for _ in range(400):
+        b = sample_batch(pools, "ref", 16, rnd)
+        assert len(b.target) == len(b.texts) == 16
+        assert all(len(slot) == 16 for slot in b.inputs)
+        seen.add(len(b.inputs))
+    assert seen == {common, rare}
