@@ -18,7 +18,8 @@ import torch
 
 from dreamserve.engine.builtin import weights
 from dreamserve.engine.builtin.autoencoder import AEConfig, AutoEncoder
-from dreamserve.engine.builtin.dit import DiT, add_copy_path
+from dreamserve.engine.builtin.dit import DiT
+from dreamserve.engine.builtin.surgery import add_copy_path, split_tokens
 from dreamserve.engine.builtin.train_config import TrainConfig
 
 MODEL_FIELDS = ("seed", "ae", "dit", "pool_t2i", "pool_edit", "pool_ref")
@@ -118,20 +119,27 @@ def from_package(want: TrainConfig) -> State:
 
 
 def grow(state: State, want: TrainConfig) -> State:
-    """Bring a model from an older config up to `want`: time shift and copy path.
+    """Bring a model from an older config up to `want`: time shift, copy path, fine tokens.
 
     A model trained unshifted continues with `want`'s time shift (and is sampled with it).
-    A model without the copy path (DiTConfig.copy_input) gains it: the new inputs start at
-    zero, so it computes what the old one did; the DiT's AdamW moments restart because a
-    parameter changed shape.
+    A model without the copy path (DiTConfig.copy_input) gains it, and a one-token-per-cell
+    model is split into `want`'s fine tokens (surgery.py: both start from the old function);
+    the DiT's AdamW moments restart whenever a parameter changed shape.
     """
     for c in (state.cfg.dit, state.dit.cfg, state.ema.cfg):
         c.time_shift = want.dit.time_shift
-    if not want.dit.copy_input or state.cfg.dit.copy_input:
+    have = state.dit.cfg
+    copy_path = want.dit.copy_input and not have.copy_input
+    if not copy_path and want.dit.split == have.split:
         return state
+
+    def grown(model: DiT) -> DiT:
+        model = add_copy_path(model.cpu()) if copy_path else model.cpu()
+        return split_tokens(model, want.dit.split)
+
     dev = torch.device(state.cfg.device)
-    state.dit = add_copy_path(state.dit.cpu()).to(dev)
-    state.ema = add_copy_path(state.ema.cpu()).to(dev).requires_grad_(False)
+    state.dit = grown(state.dit).to(dev)
+    state.ema = grown(state.ema).to(dev).requires_grad_(False)
     state.cfg.dit = state.dit.cfg
     state.opt_dit = _dit_optimizer(state.dit, state.cfg)
     return state

@@ -7,6 +7,16 @@ embedding saying which image it belongs to (target, image 1, image 2, ...). Edit
 multi-reference generation are therefore the same network as text-to-image (in-context
 conditioning, as in FLUX Kontext). Time and the pooled text drive adaLN in every block.
 
+Fine tokens (`split`): the latents arrive as one 128-channel vector per 16x16 input pixels
+(the autoencoder's 4x4 space-to-depth), and with split=2 the target is read and written as
+2x2 tokens of 32 channels each, one per 8x8 input pixels (DiT's patch 2 instead of patch 4).
+Objects here are 1-3 cells wide: with one token per cell a shape lives *inside* a token and
+has to be drawn by one linear layer; the split-1 model drew the same blob for every shape word
+after 400k samples. With four tokens per cell a shape is mostly *which tokens* are on, the
+layout the model had learned. Input images stay one token per cell in the sequence (their
+shape is read, not drawn, and fine references would quadruple the sequence); image 1 still
+reaches every fine target token through the copy path.
+
 The copy path (`copy_input`): image 1's latents are also concatenated to the target tokens'
 channels (as in InstructPix2Pix), position by position. In-context attention alone has to
 *learn* to find the same-position token before it can copy it, which took the first model
@@ -18,7 +28,7 @@ identity from the first step, and attention is left for what to change.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +141,13 @@ class DiTConfig:
     # layout is decided there; unshifted logit-normal t put only 1.4% of training above t=0.9,
     # shift 4 puts 21% there (SD3 shifts for the same reason at high resolution).
     time_shift: float = 4.0
+    patch: int = 4  # latent_ch = the autoencoder's channels x patch^2 (its space-to-depth)
+    split: int = 1  # target tokens per cell side (module docstring: fine tokens)
+
+    @property
+    def token_ch(self) -> int:
+        """Channels of one target token: latent_ch / split^2."""
+        return self.latent_ch // self.split**2
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -139,6 +156,21 @@ class DiTConfig:
     def from_dict(cls, d: dict[str, object]) -> DiTConfig:
         # Configs written before the copy path existed describe a model without it.
         return cls(**({"copy_input": False, "time_shift": 1.5} | d))  # type: ignore[arg-type]
+
+
+def to_fine(z: torch.Tensor, cfg: DiTConfig) -> torch.Tensor:
+    """(B, latent_ch, gh, gw) cells -> (B, token_ch, split*gh, split*gw) fine tokens."""
+    if cfg.split == 1:
+        return z
+    pixels = F.pixel_shuffle(z, cfg.patch)  # (B, ch, patch*gh, patch*gw): the AE's latent
+    return F.pixel_unshuffle(pixels, cfg.patch // cfg.split)
+
+
+def from_fine(z: torch.Tensor, cfg: DiTConfig) -> torch.Tensor:
+    """The inverse of `to_fine`."""
+    if cfg.split == 1:
+        return z
+    return F.pixel_unshuffle(F.pixel_shuffle(z, cfg.patch // cfg.split), cfg.patch)
 
 
 # ---------------------------------------------------------------- model
@@ -150,7 +182,9 @@ class DiT(nn.Module):
         self.cfg = cfg
         D = cfg.dim
         # Input channels: the token's own latents, then (copy path) image 1's at the same place.
-        self.latent_in = nn.Linear(cfg.latent_ch * (2 if cfg.copy_input else 1), D)
+        self.latent_in = nn.Linear(cfg.token_ch * (2 if cfg.copy_input else 1), D)
+        # Input images in the sequence, one token per cell (the target's tokens when split=1).
+        self.ref_in = nn.Linear(cfg.latent_ch, D) if cfg.split > 1 else None
         self.text_in = nn.Sequential(nn.LayerNorm(TEXT_DIM), nn.Linear(TEXT_DIM, D))
         self.image_id = nn.Embedding(cfg.max_images + 8, D)  # 0 = target, k = input image k
         self.time_mlp = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
@@ -158,7 +192,7 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList([Block(D, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
         self.norm_out = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Linear(D, 2 * D)
-        self.out = nn.Linear(D, cfg.latent_ch)
+        self.out = nn.Linear(D, cfg.token_ch)
         for m in (self.ada_out, self.out):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
@@ -168,9 +202,12 @@ class DiT(nn.Module):
     ) -> torch.Tensor:
         # z: (B, C, gh, gw) -> (B, gh*gw, D); base: image 1 on the same grid, or None
         B, C, gh, gw = z.shape
-        if self.cfg.copy_input:
-            z = torch.cat([z, torch.zeros_like(z) if base is None else base], dim=1)  # (B, 2C, ..)
-        tok = self.latent_in(z.flatten(2).transpose(1, 2))
+        if index > 0 and self.ref_in is not None:
+            tok = self.ref_in(z.flatten(2).transpose(1, 2))
+        else:
+            if self.cfg.copy_input:
+                z = torch.cat([z, torch.zeros_like(z) if base is None else base], dim=1)  # 2C
+            tok = self.latent_in(z.flatten(2).transpose(1, 2))
         pos = grid_pos_embedding(gh, gw, self.cfg.dim).to(tok.device, tok.dtype)
         return tok + pos[None] + self.image_id.weight[index][None, None]
 
@@ -182,8 +219,11 @@ class DiT(nn.Module):
         text_mask: torch.Tensor,  # (B, L) bool, True = real token
         refs: list[torch.Tensor] | None = None,  # each (B, C, gh', gw') clean input latents
     ) -> torch.Tensor:
-        B, C, gh, gw = x.shape
         refs = refs or []
+        base = refs[0] if refs and refs[0].shape[2:] == x.shape[2:] else None
+        x = to_fine(x, self.cfg)  # (B, token_ch, gh, gw) from here on: the target's own grid
+        base = None if base is None else to_fine(base, self.cfg)
+        B, C, gh, gw = x.shape
         # Pooled text for adaLN: mean over real tokens (B, 384).
         m = text_mask.float()[..., None]
         pooled = (text * m).sum(1) / m.sum(1).clamp(min=1.0)
@@ -194,7 +234,6 @@ class DiT(nn.Module):
         for i, r in enumerate(refs):
             seq.append(self._image_tokens(r, i + 1))  # (B, gh'*gw', D)
             masks.append(torch.ones(B, r.shape[2] * r.shape[3], dtype=torch.bool, device=x.device))
-        base = refs[0] if refs and refs[0].shape[2:] == x.shape[2:] else None
         seq.append(self._image_tokens(x, 0, base))  # (B, gh*gw, D), always last
         masks.append(torch.ones(B, gh * gw, dtype=torch.bool, device=x.device))
         h = torch.cat(seq, dim=1)  # (B, N, D)
@@ -204,28 +243,13 @@ class DiT(nn.Module):
             h = block(h, c, attn_mask)
         shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=-1)
         h = modulate(self.norm_out(h[:, -gh * gw :]), shift, scale)  # target tokens only
-        return self.out(h).transpose(1, 2).reshape(B, C, gh, gw)  # predicted velocity
+        v = self.out(h).transpose(1, 2).reshape(B, C, gh, gw)  # predicted velocity
+        return from_fine(v, self.cfg)  # (B, latent_ch, cells high, cells wide)
 
 
 def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
     """Warp flow times in [0, 1] towards 1 (more noise); 0 and 1 stay put."""
     return shift * t / (1 + (shift - 1) * t)
-
-
-def add_copy_path(old: DiT) -> DiT:
-    """A copy-path DiT that computes exactly what `old` (built without one) computes.
-
-    The new input columns start at zero, so training continues from the old model's function
-    and grows the copy path from there (how the shipped model gained it, MODEL_CARD.md).
-    """
-    if old.cfg.copy_input:
-        return old
-    new = DiT(replace(old.cfg, copy_input=True))
-    state = old.state_dict()
-    w = state["latent_in.weight"]  # (D, C)
-    state["latent_in.weight"] = torch.cat([w, torch.zeros_like(w)], dim=1)  # (D, 2C)
-    new.load_state_dict(state)
-    return new
 
 
 def null_condition(batch: int) -> tuple[torch.Tensor, torch.Tensor]:

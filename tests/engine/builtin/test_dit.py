@@ -4,9 +4,9 @@ from dreamserve.engine.builtin.dit import (
     DiT,
     DiTConfig,
     _matmul_attention,
-    add_copy_path,
     shift_time,
 )
+from dreamserve.engine.builtin.surgery import add_copy_path
 
 SMALL = DiTConfig(latent_ch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0)
 

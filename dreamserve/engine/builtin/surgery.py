@@ -1,0 +1,61 @@
+"""Growing a trained DiT into a newer shape without starting over.
+
+Each function returns a model that computes what the old one did (the copy path), or what it
+did on smooth latents (fine tokens), so training continues from the old model's knowledge of
+text, colour and layout instead of from noise. How the shipped model got each: MODEL_CARD.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from dreamserve.engine.builtin.dit import DiT
+
+
+def add_copy_path(old: DiT) -> DiT:
+    """A copy-path DiT that computes exactly what `old` (built without one) computes.
+
+    The new input columns start at zero, so training continues from the old model's function
+    and grows the copy path from there.
+    """
+    if old.cfg.copy_input:
+        return old
+    new = DiT(replace(old.cfg, copy_input=True))
+    state = old.state_dict()
+    w = state["latent_in.weight"]  # (D, C)
+    state["latent_in.weight"] = torch.cat([w, torch.zeros_like(w)], dim=1)  # (D, 2C)
+    new.load_state_dict(state)
+    return new
+
+
+def split_tokens(old: DiT, split: int) -> DiT:
+    """A DiT with `split` x `split` target tokens per cell, started from a one-token-per-cell one.
+
+    Everything but the target's input and output layers is kept: the blocks see the same width
+    and the same fractional positions. Input images keep the old input layer (`ref_in`), so
+    they are seen exactly as before. A fine token's input weights are the old token's, summed
+    over the cell's sub-tokens, and its output weights are the average: on a latent that is
+    constant across a cell, each fine token starts as the old token, each output as the old
+    output.
+    """
+    if old.cfg.split == split:
+        return old
+    if old.cfg.split != 1:
+        raise ValueError(f"can only split a one-token-per-cell model, not split={old.cfg.split}")
+    cfg = replace(old.cfg, split=split)
+    new = DiT(cfg)
+    state = old.state_dict()
+    ch, q, D = cfg.latent_ch // cfg.patch**2, cfg.patch // split, cfg.dim
+    w_in, halves = state.pop("latent_in.weight"), 2 if cfg.copy_input else 1
+    state["ref_in.weight"] = w_in[:, : cfg.latent_ch].clone()
+    state["ref_in.bias"] = state["latent_in.bias"].clone()
+    # Channel index c*patch^2 + i*patch + j, with i = sub-token row * q + a (and j alike).
+    parts = w_in.view(D, halves, ch, split, q, split, q).sum(dim=(3, 5))  # (D, 2, ch, q, q)
+    state["latent_in.weight"] = parts.reshape(D, halves * cfg.token_ch)
+    w_out, b_out = state["out.weight"], state["out.bias"]  # (latent_ch, D), (latent_ch,)
+    state["out.weight"] = w_out.view(ch, split, q, split, q, D).mean(dim=(1, 3)).reshape(-1, D)
+    state["out.bias"] = b_out.view(ch, split, q, split, q).mean(dim=(1, 3)).reshape(-1)
+    new.load_state_dict(state)
+    return new
