@@ -21,8 +21,9 @@ from dreamserve.engine.builtin.autoencoder import AEConfig, AutoEncoder
 from dreamserve.engine.builtin.dit import DiT
 from dreamserve.engine.builtin.surgery import add_copy_path, split_tokens
 from dreamserve.engine.builtin.train_config import TrainConfig
+from dreamserve.engine.builtin.upscaler import Upscaler
 
-MODEL_FIELDS = ("seed", "ae", "dit", "pool_t2i", "pool_edit", "pool_ref")
+MODEL_FIELDS = ("seed", "ae", "sr", "dit", "pool_t2i", "pool_edit", "pool_ref")
 
 
 @dataclass
@@ -31,26 +32,32 @@ class State:
     ae: AutoEncoder
     dit: DiT
     ema: DiT
+    sr: Upscaler
     opt_ae: torch.optim.Optimizer
     opt_dit: torch.optim.Optimizer
+    opt_sr: torch.optim.Optimizer
     ae_step: int = 0
     dit_step: int = 0
+    sr_step: int = 0
     ae_done: bool = False
+    sr_done: bool = False
     seconds: float = 0.0  # training wall time over all runs
 
 
 def new_state(cfg: TrainConfig) -> State:
     torch.manual_seed(cfg.seed)
     dev = torch.device(cfg.device)
-    ae, dit = AutoEncoder(cfg.ae).to(dev), DiT(cfg.dit).to(dev)
+    ae, dit, sr = AutoEncoder(cfg.ae).to(dev), DiT(cfg.dit).to(dev), Upscaler(cfg.sr).to(dev)
     return State(
         cfg,
         ae,
         dit,
         copy.deepcopy(dit).requires_grad_(False),
+        sr,
         # fused: the per-tensor Python loop of plain AdamW cost ~0.5 s a step on 2 cores
         torch.optim.AdamW(ae.parameters(), lr=cfg.ae_lr, weight_decay=0.0, fused=True),
         _dit_optimizer(dit, cfg),
+        torch.optim.AdamW(sr.parameters(), lr=cfg.sr_lr, weight_decay=0.0, fused=True),
     )
 
 
@@ -72,19 +79,25 @@ def save(state: State, out: Path) -> None:
         "ae_cfg": state.ae.cfg.to_dict(),
         "dit": state.dit.state_dict(),
         "ema": state.ema.state_dict(),
+        "sr": state.sr.state_dict(),
         "opt_ae": state.opt_ae.state_dict(),
         "opt_dit": state.opt_dit.state_dict(),
+        "opt_sr": state.opt_sr.state_dict(),
         "counters": {
             "ae_step": state.ae_step,
             "dit_step": state.dit_step,
+            "sr_step": state.sr_step,
             "ae_done": state.ae_done,
+            "sr_done": state.sr_done,
             "seconds": state.seconds,
         },
     }
     tmp = out / "ckpt.pt.tmp"
     torch.save(blob, tmp)
     tmp.replace(out / "ckpt.pt")  # atomic: a kill mid-save never leaves a torn checkpoint
-    weights.export(state.ae, state.ema, provenance(state), out / "weights")
+    weights.export(
+        weights.Models(state.ae, state.ema, state.sr, provenance(state)), out / "weights"
+    )
 
 
 def load(path: Path, want: TrainConfig | None = None) -> State:
@@ -99,6 +112,9 @@ def load(path: Path, want: TrainConfig | None = None) -> State:
     state.ema.load_state_dict(blob["ema"])
     state.opt_ae.load_state_dict(blob["opt_ae"])
     state.opt_dit.load_state_dict(blob["opt_dit"])
+    if "sr" in blob:  # checkpoints from before the trained upscaler train it on resuming
+        state.sr.load_state_dict(blob["sr"])
+        state.opt_sr.load_state_dict(blob["opt_sr"])
     for k, v in blob["counters"].items():
         setattr(state, k, v)
     return state
@@ -106,13 +122,16 @@ def load(path: Path, want: TrainConfig | None = None) -> State:
 
 def from_package(want: TrainConfig) -> State:
     """Continue from the shipped weights: models only, counters restart from the recorded ones."""
-    ae, dit, meta = weights.load()
-    cfg = replace(want, ae=ae.cfg, dit=dit.cfg, seed=int(meta.get("seed", want.seed)))
-    state = new_state(cfg)
-    state.ae.load_state_dict(ae.state_dict())
-    state.dit.load_state_dict(dit.state_dict())
-    state.ema.load_state_dict(dit.state_dict())
-    state.ae_done = True
+    m = weights.load()
+    meta = m.meta
+    seed = int(meta.get("seed", want.seed))
+    state = new_state(replace(want, ae=m.ae.cfg, dit=m.dit.cfg, sr=m.sr.cfg, seed=seed))
+    state.ae.load_state_dict(m.ae.state_dict())
+    state.dit.load_state_dict(m.dit.state_dict())
+    state.ema.load_state_dict(m.dit.state_dict())
+    state.sr.load_state_dict(m.sr.state_dict())
+    state.ae_done = state.sr_done = True
+    state.sr_step = int(meta.get("sr_steps", 0))
     state.ae_step, state.dit_step = int(meta.get("ae_steps", 0)), int(meta.get("dit_steps", 0))
     state.seconds = float(meta.get("train_seconds", 0.0))
     return state
@@ -155,6 +174,7 @@ def provenance(state: State) -> dict[str, Any]:
     return {
         "ae_steps": state.ae_step,
         "dit_steps": state.dit_step,
+        "sr_steps": state.sr_step,
         "train_seconds": round(state.seconds, 1),
         "seed": state.cfg.seed,
         "commit": commit,

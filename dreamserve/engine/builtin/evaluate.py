@@ -249,12 +249,13 @@ def main(checkpoint: Path | None = None, samples: int = 50, out: Path = Path("ev
     src = checkpoint if checkpoint is not None else weights.PACKAGE_WEIGHTS
     if checkpoint is not None and checkpoint.is_file():
         src = checkpoint.parent / "weights"  # a run's ckpt.pt: score its exported EMA weights
-    ae, dit, meta = weights.load(src)
+    models = weights.load(src)
+    meta = models.meta
     seed = int(meta.get("seed", 1234))
     t2i, edit, ref = make_specs(seed, 9000, 4500, 1500)
     seen = {s.text for s in t2i} | {s.text for s in edit}
     start = time.monotonic()
-    sampler = Sampler(ae, dit, TextEncoder())
+    sampler = Sampler(models.ae, models.dit, models.sr, TextEncoder())
     tally = evaluate(sampler, samples, seen)
     rows = table(tally)
     counts = {k: len(v) for k, v in tally.ok.items()} | {"edit_psnr_db": len(tally.psnrs)}

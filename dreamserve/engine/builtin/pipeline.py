@@ -44,8 +44,9 @@ class BuiltinGenerator:
             torch.set_num_threads(threads)
         if not weights.available():
             raise RuntimeError("no built-in weights shipped in dreamserve/engine/builtin/weights/")
-        ae, dit, self.meta = weights.load()
-        self.sampler = Sampler(ae, dit, TextEncoder())
+        m = weights.load()
+        self.meta = m.meta
+        self.sampler = Sampler(m.ae, m.dit, m.sr, TextEncoder())
         self.steps = STEPS
 
     def prompts(self, task: Task) -> list[tuple[str, int]]:

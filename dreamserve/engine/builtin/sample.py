@@ -5,7 +5,7 @@
 3. draw the starting noise from the seed (a private generator: same seed, same pixels)
 4. integrate the flow from t=1 (noise) to t=0 with Euler steps, classifier-free guided
 5. decode the latents at 2x with the autoencoder
-6. upscale to exactly the asked size, keeping edges sharp
+6. upscale with the trained upscaler to at least the asked size, then area down to it exactly
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dreamserve.engine.builtin.autoencoder import AutoEncoder
 from dreamserve.engine.builtin.data import PX, grid_for, to_tensor
 from dreamserve.engine.builtin.dit import DiT, null_condition, shift_time
 from dreamserve.engine.builtin.textenc import TextEncoder
-from dreamserve.engine.builtin.upscale import upscale
+from dreamserve.engine.builtin.upscaler import Upscaler, upscale
 
 StepFn = Callable[[], None]  # called after every denoising step (progress + cancel check)
 
@@ -42,8 +42,8 @@ def time_grid(steps: int, shift: float) -> torch.Tensor:
 
 
 class Sampler:
-    def __init__(self, ae: AutoEncoder, dit: DiT, text: TextEncoder) -> None:
-        self.ae, self.dit, self.text = ae, dit, text
+    def __init__(self, ae: AutoEncoder, dit: DiT, sr: Upscaler, text: TextEncoder) -> None:
+        self.ae, self.dit, self.sr, self.text = ae, dit, sr, text
         self.time_shift = dit.cfg.time_shift  # sampled as it was trained
 
     @torch.inference_mode()
@@ -89,9 +89,9 @@ class Sampler:
 
     @torch.inference_mode()
     def render(self, z: torch.Tensor, width: int, height: int) -> Image.Image:
-        # Step 5: decode at 2x; step 6: sharp upscale to the exact size.
+        # Step 5: decode at 2x; step 6: the trained upscaler, then exactly the asked size.
         img = (self.ae.decode(z) + 1.0) / 2.0  # (1, 3, 32gh, 32gw) in ~[0, 1]
-        img = upscale(img.clamp(0, 1), height, width)
+        img = upscale(self.sr, img.clamp(0, 1), height, width)
         arr = (img[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
         return Image.fromarray(arr)
 

@@ -1,4 +1,4 @@
-"""`dreamserve train`: autoencoder first (short), then the DiT with flow matching; resumable.
+"""`dreamserve train`: the autoencoder, then the upscaler (both short), then the DiT; resumable.
 
 Every checkpoint (checkpoint.py) is also exported to out/weights/ in the shipped format.
 `--resume` continues from out/ckpt.pt, or, when there is none, from the weights shipped in the
@@ -49,6 +49,42 @@ def ae_step(state: State, rnd: random.Random, pools: Pools, lr: float) -> float:
     state.opt_ae.step()
     state.ae_step += 1
     return parts["mse"]
+
+
+def sr_step(state: State, rnd: random.Random, pools: Pools, lr: float) -> float:
+    """One upscaler step: a 128 px image to 512 px, against the scene rendered natively there.
+
+    Most inputs are what the sampler hands over (the autoencoder's 2x decode, here of a 64 px
+    render); a quarter are clean renders, whose edges sit exactly where the target's do, so
+    the slope is also learned from edges the decoder did not blur or move. Loss: MSE plus
+    L1 between the image gradients. MSE alone fits edges the decoder may have moved by
+    softening them (its slope fell from 16 to 14 in 200 steps); the gradient term pays for
+    edges as steep as the target's, and kept them 13% sharper at the same MSE.
+    """
+    cfg, dev = state.cfg, torch.device(state.cfg.device)
+    scenes = sample_batch(pools, rnd.choice(("t2i", "edit")), cfg.sr_batch, rnd).target
+    if rnd.random() < 0.75:
+        with torch.no_grad():
+            x = state.ae.decode(state.ae.encode(render_batch(scenes, 4, 4).to(dev)))  # 128 px
+    else:
+        x = render_batch(scenes, 8, 8).to(dev)
+    y = (render_batch(scenes, 8, 8, scale=4).to(dev) + 1) / 2  # (B, 3, 512, 512)
+    out = state.sr(((x + 1) / 2).clamp(0, 1), 512, 512)
+    mse = F.mse_loss(out, y)
+    grads = zip(image_gradients(out), image_gradients(y), strict=True)
+    loss = mse + 0.5 * sum((a - b).abs().mean() for a, b in grads)
+    for g in state.opt_sr.param_groups:
+        g["lr"] = lr
+    state.opt_sr.zero_grad(set_to_none=True)
+    loss.backward()
+    state.opt_sr.step()
+    state.sr_step += 1
+    return 4 * mse.item()  # in [-1, 1] units, as the AE's
+
+
+def image_gradients(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vertical and horizontal neighbour differences of (B, C, H, W) images."""
+    return img[..., 1:, :] - img[..., :-1, :], img[..., :, 1:] - img[..., :, :-1]
 
 
 @torch.no_grad()
@@ -138,21 +174,52 @@ class Clock:
         self.tick = now
 
 
+StepFn = Callable[[State, random.Random, Pools, float], float]
+
+
+def train_stage(
+    name: str,
+    step: StepFn,
+    state: State,
+    pools: Pools,
+    rnd: random.Random,
+    limits: tuple[float, int, float],
+    log: Log,
+) -> None:
+    """A short stage (autoencoder, upscaler): warm-up, then cosine decay over its own time.
+
+    limits: (seconds, max steps, peak learning rate). Logs MSE as PSNR (images span [-1, 1]).
+    """
+    secs, max_steps, peak = limits
+    start, last_log, n = time.monotonic(), 0.0, 0
+    while time.monotonic() < start + secs and n < max_steps:
+        frac = (time.monotonic() - start) / secs
+        mse = step(state, rnd, pools, peak * min(1.0, (n + 1) / 20) * _cosine(frac))
+        n += 1
+        if time.monotonic() - last_log > 30:
+            db = 10 * math.log10(4 / max(mse, 1e-10))  # peak-to-peak 2
+            log(f"{name} step {n} mse {mse:.5f} psnr~{db:.1f}dB")
+            last_log = time.monotonic()
+
+
 def train_ae(state: State, pools: Pools, clock: Clock, rnd: random.Random, log: Log) -> None:
     cfg = state.cfg
     secs = min(cfg.ae_minutes * 60, clock.budget * 0.5)
-    start, last_log, n = time.monotonic(), 0.0, 0
-    while time.monotonic() < start + secs and n < cfg.ae_max_steps:
-        frac = (time.monotonic() - start) / secs
-        mse = ae_step(state, rnd, pools, cfg.ae_lr * min(1.0, (n + 1) / 20) * _cosine(frac))
-        n += 1
-        if time.monotonic() - last_log > 30:
-            db = 10 * math.log10(4 / max(mse, 1e-10))  # images span [-1, 1]: peak-to-peak 2
-            log(f"ae step {state.ae_step} mse {mse:.5f} psnr~{db:.1f}dB")
-            last_log = time.monotonic()
+    train_stage("ae", ae_step, state, pools, rnd, (secs, cfg.ae_max_steps, cfg.ae_lr), log)
     finish_ae(state, rnd, pools)
     clock.account()
     log(f"ae done after {state.ae_step} steps, latent_scale {state.ae.cfg.latent_scale:.3f}")
+
+
+def train_sr(state: State, pools: Pools, clock: Clock, rnd: random.Random, log: Log) -> None:
+    cfg = state.cfg
+    secs = min(cfg.sr_minutes * 60, max(clock.left(), 1.0))
+    state.ae.requires_grad_(False)
+    train_stage("upscaler", sr_step, state, pools, rnd, (secs, cfg.sr_max_steps, cfg.sr_lr), log)
+    state.ae.requires_grad_(True)
+    state.sr_done = True
+    clock.account()
+    log(f"upscaler done after {state.sr_step} steps")
 
 
 def train_dit(state: State, pools: Pools, clock: Clock, out: Path, log: Log) -> None:
@@ -192,11 +259,15 @@ def run(state: State, out: Path, max_minutes: float | None, log: Log = print) ->
     if not state.ae_done:
         train_ae(state, pools, clock, random.Random(cfg.seed + state.ae_step), log)
         save(state, out)
+    if not state.sr_done:
+        train_sr(state, pools, clock, random.Random(cfg.seed + 1 + state.sr_step), log)
+        save(state, out)
     train_dit(state, pools, clock, out, log)
     clock.account()
     save(state, out)
     minutes = state.seconds / 60
-    log(f"done: ae {state.ae_step} steps, dit {state.dit_step} steps, {minutes:.1f} min in all")
+    steps = f"ae {state.ae_step}, upscaler {state.sr_step}, dit {state.dit_step}"
+    log(f"done: {steps} steps, {minutes:.1f} min in all")
 
 
 def main(

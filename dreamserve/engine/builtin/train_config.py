@@ -7,6 +7,7 @@ from typing import Any
 
 from dreamserve.engine.builtin.autoencoder import AEConfig
 from dreamserve.engine.builtin.dit import DiTConfig
+from dreamserve.engine.builtin.upscaler import SRConfig
 
 
 @dataclass
@@ -19,6 +20,11 @@ class TrainConfig:
     ae_batch: int = 24
     ae_lr: float = 2e-3
     ae_max_steps: int = 10**9
+    sr: SRConfig = field(default_factory=SRConfig)
+    sr_minutes: float = 5.0
+    sr_batch: int = 8
+    sr_lr: float = 2e-3
+    sr_max_steps: int = 10**9
     pool_t2i: int = 9000
     pool_edit: int = 4500
     pool_ref: int = 1500
@@ -43,6 +49,8 @@ class TrainConfig:
         kw = dict(d)
         kw["ae"] = AEConfig.from_dict(kw["ae"])
         kw["dit"] = DiTConfig.from_dict(kw["dit"])
+        # Checkpoints from before the trained upscaler carry no SR config: the default one.
+        kw["sr"] = SRConfig.from_dict(kw.get("sr", SRConfig().to_dict()))
         kw["mix"], kw["batch"] = tuple(kw["mix"]), tuple(kw["batch"])
         return cls(**kw)
 
@@ -58,6 +66,8 @@ CONFIGS: dict[str, TrainConfig] = {
         workers=14,
         ae_minutes=3.0,
         ae_batch=96,
+        sr_minutes=2.0,
+        sr_batch=32,
         batch=(256, 192, 128),
         lr=1e-3,
         warmup=300,
@@ -70,6 +80,9 @@ CONFIGS: dict[str, TrainConfig] = {
         dit=DiTConfig(latent_ch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0, patch=1),
         ae_batch=2,
         ae_max_steps=2,
+        sr=SRConfig(ch=4),
+        sr_batch=2,
+        sr_max_steps=2,
         pool_t2i=12,
         pool_edit=8,
         pool_ref=6,

@@ -3,41 +3,60 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from dreamserve.engine.builtin.autoencoder import AEConfig, AutoEncoder
 from dreamserve.engine.builtin.dit import DiT, DiTConfig
+from dreamserve.engine.builtin.upscaler import SRConfig, Upscaler
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
+FILES = ("ae.safetensors", "dit.safetensors", "sr.safetensors", "config.json")
 
 
-def export(ae: AutoEncoder, dit: DiT, meta: dict[str, Any], dest: Path = PACKAGE_WEIGHTS) -> None:
-    """Write ae.safetensors, dit.safetensors (fp16) and config.json (both configs + provenance)."""
+@dataclass
+class Models:
+    ae: AutoEncoder
+    dit: DiT  # the EMA weights: what samples
+    sr: Upscaler
+    meta: dict[str, Any]  # provenance: steps, seed, training time, commit
+
+
+def export(models: Models, dest: Path = PACKAGE_WEIGHTS) -> None:
+    """Write one fp16 safetensors file per model and config.json (configs + provenance)."""
     dest.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: v.detach().cpu().half().contiguous() for k, v in ae.state_dict().items()},
-        str(dest / "ae.safetensors"),
-    )
-    save_file(
-        {k: v.detach().cpu().half().contiguous() for k, v in dit.state_dict().items()},
-        str(dest / "dit.safetensors"),
-    )
-    config = {"ae": ae.cfg.to_dict(), "dit": dit.cfg.to_dict(), "meta": meta}
+    for name, model in (("ae", models.ae), ("dit", models.dit), ("sr", models.sr)):
+        save_file(
+            {k: v.detach().cpu().half().contiguous() for k, v in model.state_dict().items()},
+            str(dest / f"{name}.safetensors"),
+        )
+    config = {
+        "ae": models.ae.cfg.to_dict(),
+        "dit": models.dit.cfg.to_dict(),
+        "sr": models.sr.cfg.to_dict(),
+        "meta": models.meta,
+    }
     (dest / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def available(src: Path = PACKAGE_WEIGHTS) -> bool:
-    return all((src / n).exists() for n in ("ae.safetensors", "dit.safetensors", "config.json"))
+    return all((src / n).exists() for n in FILES)
 
 
-def load(src: Path = PACKAGE_WEIGHTS) -> tuple[AutoEncoder, DiT, dict[str, Any]]:
-    """Models in float32, eval mode, plus the `meta` block of config.json."""
+def _load_into(model: torch.nn.Module, path: Path) -> None:
+    model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+
+
+def load(src: Path = PACKAGE_WEIGHTS) -> Models:
+    """The models in float32 and eval mode, with the `meta` block of config.json."""
     config = json.loads((src / "config.json").read_text())
     ae = AutoEncoder(AEConfig.from_dict(config["ae"]))
     dit = DiT(DiTConfig.from_dict(config["dit"]))
-    ae.load_state_dict({k: v.float() for k, v in load_file(str(src / "ae.safetensors")).items()})
-    dit.load_state_dict({k: v.float() for k, v in load_file(str(src / "dit.safetensors")).items()})
-    return ae.eval(), dit.eval(), config.get("meta", {})
+    sr = Upscaler(SRConfig.from_dict(config["sr"]))
+    for name, model in (("ae", ae), ("dit", dit), ("sr", sr)):
+        _load_into(model, src / f"{name}.safetensors")
+    return Models(ae.eval(), dit.eval(), sr.eval(), config.get("meta", {}))

@@ -1,7 +1,8 @@
 import copy
 from dataclasses import replace
 
-from dreamserve.engine.builtin.checkpoint import resume_config
+from dreamserve.engine.builtin.checkpoint import grow, new_state, resume_config
+from dreamserve.engine.builtin.dit import DiTConfig
 from dreamserve.engine.builtin.train_config import CONFIGS
 
 
@@ -15,3 +16,16 @@ def test_resuming_keeps_the_model_and_takes_the_schedule_and_hardware_from_the_c
         CONFIGS["gpu"].lr,
         CONFIGS["gpu"].batch,
     )
+
+
+def test_growing_splits_a_one_token_per_cell_model_into_the_configs_fine_tokens() -> None:
+    cells = DiTConfig(latent_ch=16, patch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0)
+    have = replace(copy.deepcopy(CONFIGS["tiny"]), dit=cells)
+    want = replace(copy.deepcopy(CONFIGS["tiny"]), dit=replace(cells, split=2))
+    state = grow(new_state(have), want)
+    assert state.cfg.dit.split == state.dit.cfg.split == state.ema.cfg.split == 2
+    assert state.dit.out.out_features == 4 and not state.ema.out.weight.requires_grad
+    # The optimiser trains the grown model's parameters, not the old ones.
+    opt_params = {id(p) for g in state.opt_dit.param_groups for p in g["params"]}
+    assert opt_params == {id(p) for p in state.dit.parameters()}
+    assert grow(state, want) is state  # nothing left to grow

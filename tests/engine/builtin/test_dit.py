@@ -4,9 +4,10 @@ from dreamserve.engine.builtin.dit import (
     DiT,
     DiTConfig,
     _matmul_attention,
+    from_fine,
     shift_time,
+    to_fine,
 )
-from dreamserve.engine.builtin.surgery import add_copy_path
 
 SMALL = DiTConfig(latent_ch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0)
 
@@ -35,17 +36,6 @@ def test_old_configs_load_without_the_copy_path() -> None:
     old = DiTConfig.from_dict(d)
     assert old.copy_input is False and old.time_shift == 1.5  # as the first model was sampled
     assert DiTConfig().copy_input is True
-
-
-def test_adding_the_copy_path_keeps_the_models_function() -> None:
-    torch.manual_seed(0)
-    old = _perturb(DiT(DiTConfig(**{**SMALL.to_dict(), "copy_input": False})))
-    new = add_copy_path(old).eval()
-    assert new.cfg.copy_input and new.latent_in.in_features == 8
-    x, t, text, mask, ref = _inputs(1)
-    with torch.no_grad():
-        assert torch.allclose(old(x, t, text, mask, [ref]), new(x, t, text, mask, [ref]))
-    assert add_copy_path(new) is new
 
 
 def test_the_copy_path_feeds_image_one_to_the_target_tokens() -> None:
@@ -82,3 +72,31 @@ def test_bf16_cpu_attention_matches_the_fused_kernel() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = model(x, t, text, tmask, [ref])
     assert torch.allclose(low.float(), model(x, t, text, tmask, [ref]), atol=0.05)
+
+
+def test_fine_tokens_are_the_autoencoders_latent_pixels_two_by_two() -> None:
+    cfg = DiTConfig(split=2)  # 128 = 8 AE channels x 4 x 4 per cell
+    latent = torch.randn(1, 8, 24, 32)  # the AE's latent of a 96x128 px image
+    cells = torch.nn.functional.pixel_unshuffle(latent, 4)  # (1, 128, 6, 8): as ae.encode
+    fine = to_fine(cells, cfg)
+    assert torch.equal(fine, torch.nn.functional.pixel_unshuffle(latent, 2))  # (1, 32, 12, 16)
+    assert torch.equal(from_fine(fine, cfg), cells)
+    assert to_fine(cells, DiTConfig()) is cells  # split 1: one token per cell
+
+
+def test_a_fine_token_model_keeps_the_cell_interface() -> None:
+    torch.manual_seed(0)
+    cfg = DiTConfig(**{**SMALL.to_dict(), "latent_ch": 16, "patch": 4, "split": 2})
+    model = _perturb(DiT(cfg))
+    assert cfg.token_ch == 4 and model.ref_in is not None
+    g = torch.Generator().manual_seed(0)
+    x, ref = torch.randn(2, 16, 3, 5, generator=g), torch.randn(2, 16, 3, 5, generator=g)
+    text, mask = torch.randn(2, 6, 384, generator=g), torch.ones(2, 6, dtype=torch.bool)
+    with torch.no_grad():
+        v = model(x, torch.tensor([0.3, 0.9]), text, mask, [ref])
+        assert v.shape == x.shape
+        # The fine tokens see the cell's sub-pixels: changing one latent pixel of one cell
+        # changes the prediction there.
+        x2 = x.clone()
+        x2[:, 0, 1, 2] += 1.0
+        assert not torch.allclose(model(x2, torch.tensor([0.3, 0.9]), text, mask, [ref]), v)

@@ -16,6 +16,7 @@ def test_trains_a_few_steps_checkpoints_and_resumes(tmp_path: Path) -> None:
     ckpt = out / "ckpt.pt"
     state = checkpoint.load(ckpt)
     assert state.ae_done and state.ae_step == 2 and state.dit_step == 4
+    assert state.sr_done and state.sr_step == 2  # the upscaler stage ran, and only once
     assert state.cfg.dit.dim == 32  # the checkpoint carries its config
     assert weights.available(out / "weights")
     meta = json.loads((out / "weights" / "config.json").read_text())["meta"]
@@ -23,7 +24,7 @@ def test_trains_a_few_steps_checkpoints_and_resumes(tmp_path: Path) -> None:
 
     assert train.main(out=out, config="tiny", resume=True) == 0
     again = checkpoint.load(ckpt)
-    assert again.ae_step == 2 and again.dit_step == 8  # AE kept, DiT continued
+    assert again.ae_step == 2 and again.sr_step == 2 and again.dit_step == 8  # DiT continued
 
 
 def test_unknown_config_is_refused(tmp_path: Path) -> None:
@@ -53,7 +54,8 @@ def test_resume_without_a_checkpoint_continues_from_shipped_weights(
     # A "package" holding a tiny model, so the test stays fast and never touches the real one.
     pkg = tmp_path / "pkg"
     tiny = checkpoint.new_state(copy.deepcopy(CONFIGS["tiny"]))
-    weights.export(tiny.ae, tiny.ema, {"ae_steps": 7, "dit_steps": 11, "train_seconds": 5.0}, pkg)
+    meta = {"ae_steps": 7, "sr_steps": 3, "dit_steps": 11, "train_seconds": 5.0}
+    weights.export(weights.Models(tiny.ae, tiny.ema, tiny.sr, meta), pkg)
     monkeypatch.setattr(weights, "PACKAGE_WEIGHTS", pkg)
     monkeypatch.setattr(weights.load, "__defaults__", (pkg,))
     monkeypatch.setattr(weights.available, "__defaults__", (pkg,))
@@ -61,6 +63,7 @@ def test_resume_without_a_checkpoint_continues_from_shipped_weights(
     assert train.main(out=out, config="tiny", resume=True) == 0
     state = checkpoint.load(out / "ckpt.pt")
     assert state.ae_done and state.ae_step == 7  # the shipped AE is kept, not retrained
+    assert state.sr_done and state.sr_step == 3  # and so is the upscaler
     assert state.dit_step == 11 + 4 and state.seconds >= 5.0
 
 
@@ -90,3 +93,22 @@ def test_bf16_autocast_only_where_the_hardware_multiplies_bf16(tmp_path: Path) -
     assert train.autocast_bf16(copy.deepcopy(CONFIGS["gpu"]))
     cfg.bf16 = False
     assert not train.autocast_bf16(cfg)
+
+
+@pytest.mark.slow
+def test_resuming_a_checkpoint_from_before_the_upscaler_trains_it(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    state = checkpoint.new_state(copy.deepcopy(CONFIGS["tiny"]))
+    state.ae_done = True
+    out.mkdir()
+    checkpoint.save(state, out)
+    blob = torch.load(out / "ckpt.pt", weights_only=False)
+    for key in ("sr", "opt_sr"):
+        del blob[key]
+    for key in ("sr_step", "sr_done"):
+        del blob["counters"][key]
+    del blob["config"]["sr"]
+    torch.save(blob, out / "ckpt.pt")
+    assert train.main(out=out, config="tiny", resume=True) == 0
+    again = checkpoint.load(out / "ckpt.pt")
+    assert again.sr_done and again.sr_step == 2 and again.dit_step == 4

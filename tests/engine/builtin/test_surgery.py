@@ -1,0 +1,74 @@
+import torch
+
+from dreamserve.engine.builtin.dit import DiT, DiTConfig, to_fine
+from dreamserve.engine.builtin.surgery import add_copy_path, split_tokens
+
+# 16 latent channels per cell: one AE channel pixel-unshuffled by a 4x4 patch.
+CELLS = DiTConfig(latent_ch=16, patch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0)
+
+
+def _perturb(model: DiT) -> DiT:
+    # adaLN-Zero starts every block (and the output) at zero; make the function non-trivial.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def _text() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    t = torch.tensor([0.3, 0.9])
+    return t, torch.randn(2, 6, 384, generator=g), torch.ones(2, 6, dtype=torch.bool)
+
+
+def test_adding_the_copy_path_keeps_the_models_function() -> None:
+    torch.manual_seed(0)
+    old = _perturb(DiT(DiTConfig(**{**CELLS.to_dict(), "copy_input": False})))
+    new = add_copy_path(old).eval()
+    assert new.cfg.copy_input and new.latent_in.in_features == 32
+    t, text, mask = _text()
+    x, ref = torch.randn(2, 16, 3, 5), torch.randn(2, 16, 3, 5)
+    with torch.no_grad():
+        assert torch.allclose(old(x, t, text, mask, [ref]), new(x, t, text, mask, [ref]))
+    assert add_copy_path(new) is new
+
+
+def _cell_constant(b: int, gh: int, gw: int) -> torch.Tensor:
+    """Cell latents whose 4x4 latent pixels are equal within each cell, per channel."""
+    per_cell = torch.randn(b, 1, gh, gw)
+    latent = torch.nn.functional.interpolate(per_cell, scale_factor=4, mode="nearest")
+    return torch.nn.functional.pixel_unshuffle(latent, 4)  # (b, 16, gh, gw)
+
+
+def test_splitting_starts_each_fine_token_as_its_cells_old_token() -> None:
+    torch.manual_seed(0)
+    old = _perturb(DiT(CELLS))
+    new = split_tokens(old, 2).eval()
+    assert new.cfg.split == 2 and new.out.out_features == 4 and new.latent_in.in_features == 8
+    x, base = _cell_constant(2, 3, 5), _cell_constant(2, 3, 5)
+    fine, fine_base = to_fine(x, new.cfg), to_fine(base, new.cfg)  # (2, 4, 6, 10)
+    with torch.no_grad():
+        cell_in = old.latent_in(torch.cat([x, base], 1).flatten(2).transpose(1, 2))
+        fine_in = new.latent_in(torch.cat([fine, fine_base], 1).flatten(2).transpose(1, 2))
+        # Every fine token of a cell embeds like the old cell token (input and copy path).
+        per_cell = cell_in.transpose(1, 2).reshape(2, -1, 3, 5)
+        want = per_cell.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+        assert torch.allclose(fine_in.transpose(1, 2).reshape(2, -1, 6, 10), want, atol=1e-5)
+        # A hidden state written out by the fine output layer gives each latent pixel the
+        # old output averaged over the four sub-token positions that pixel can take.
+        h = torch.randn(7, CELLS.dim)
+        old_px = old.out(h).view(7, 1, 2, 2, 2, 2).mean(dim=(2, 4))  # (7, ch, a, b)
+        assert torch.allclose(new.out(h).view(7, 1, 2, 2), old_px, atol=1e-5)
+    # The reference images go through the old input layer unchanged.
+    assert torch.equal(new.ref_in.weight, old.latent_in.weight[:, :16])  # type: ignore[union-attr]
+
+
+def test_split_is_idempotent_and_refuses_a_resplit() -> None:
+    new = split_tokens(DiT(CELLS), 2)
+    assert split_tokens(new, 2) is new
+    try:
+        split_tokens(new, 4)
+    except ValueError as e:
+        assert "split=2" in str(e)
+    else:
+        raise AssertionError("re-splitting a split model should be refused")
