@@ -17,7 +17,7 @@ import torch
 
 from dreamserve.engine.builtin.captions import PromptSpec, random_spec, realize
 from dreamserve.engine.builtin.pairs import TaskSpec, edit_spec, realize_task, ref_spec
-from dreamserve.engine.builtin.render import Scene, render
+from dreamserve.engine.builtin.render import Scene, object_mask, render
 from dreamserve.engine.builtin.textenc import MAX_TOKENS, TEXT_DIM, TextEncoder
 
 # Token grids (width, height) per aspect ratio, each about 64 tokens of 16x16 input pixels.
@@ -54,6 +54,16 @@ def render_batch(scenes: list[Scene], gw: int, gh: int, scale: int = 1) -> torch
     )  # (B, H, W, 3) uint8
     x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float()
     return x.mul_(1 / 127.5).sub_(1.0)
+
+
+def object_masks(scenes: list[Scene], gw: int, gh: int) -> torch.Tensor:
+    """(B, 1, 16gh, 16gw) float: 1 where a scene's objects are, 0 on the background."""
+    H, W = gh * PX, gw * PX
+    out = np.zeros((len(scenes), 1, H, W), bool)
+    for i, scene in enumerate(scenes):
+        for obj in scene.objects:
+            out[i, 0] |= object_mask(obj, W, H)
+    return torch.from_numpy(out).float()
 
 
 @dataclass

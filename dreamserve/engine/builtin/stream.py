@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dreamserve.engine.builtin.data import GRIDS, Pools, render_batch, sample_batch
+from dreamserve.engine.builtin.data import GRIDS, Pools, object_masks, render_batch, sample_batch
 
 KINDS = ("t2i", "edit", "ref")
 
@@ -26,6 +26,7 @@ class Rendered:
     target: torch.Tensor  # (B, 3, 16gh, 16gw) in [-1, 1]
     inputs: list[torch.Tensor]  # per input-image slot, (B, 3, 16gh, 16gw)
     texts: list[str]  # rows of Pools.states
+    objects: torch.Tensor  # (B, 1, 16gh, 16gw): 1 on the target's objects (train.dit_loss)
 
 
 def draw(
@@ -36,7 +37,8 @@ def draw(
     gw, gh = GRIDS["1:1" if rnd.random() < 0.5 else rnd.choice(list(GRIDS))]
     b = sample_batch(pools, KINDS[k], sizes[k], rnd)
     inputs = [render_batch(slot, gw, gh) for slot in b.inputs]
-    return Rendered(KINDS[k], render_batch(b.target, gw, gh), inputs, b.texts)
+    target = render_batch(b.target, gw, gh)
+    return Rendered(KINDS[k], target, inputs, b.texts, object_masks(b.target, gw, gh))
 
 
 class _Endless(IterableDataset[Rendered]):

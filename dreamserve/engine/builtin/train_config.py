@@ -35,6 +35,8 @@ class TrainConfig:
     dit_max_steps: int = 10**9
     text_drop: float = 0.1
     t_uniform: float = 0.15  # share of flow times drawn uniformly, so low noise is still trained
+    # Loss weight of latent pixels on an object against background ones (train.dit_loss).
+    object_weight: float = 10.0
     ckpt_minutes: float = 4.0
     threads: int = 2
     device: str = "cpu"  # "cuda" trains the same models on a GPU

@@ -98,6 +98,13 @@ class Upscaler(nn.Module):
         return xu + blend * (snapped - xu)
 
 
+def image_gradients(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vertical and horizontal neighbour differences of (B, C, H, W) images: the training
+    loss compares them, and their squared sum measures how sharp edges are (an edge spread
+    over w pixels has 1/w of a step's)."""
+    return img[..., 1:, :] - img[..., :-1, :], img[..., :, 1:] - img[..., :, :-1]
+
+
 @torch.no_grad()
 def upscale(net: Upscaler, img: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """img (B, 3, h, w) in [0, 1] -> exactly (B, 3, height, width) in [0, 1]."""

@@ -112,3 +112,19 @@ def test_resuming_a_checkpoint_from_before_the_upscaler_trains_it(tmp_path: Path
     assert train.main(out=out, config="tiny", resume=True) == 0
     again = checkpoint.load(out / "ckpt.pt")
     assert again.sr_done and again.sr_step == 2 and again.dit_step == 4
+
+
+def test_the_dit_loss_weights_object_pixels_and_keeps_its_scale() -> None:
+    cfg = copy.deepcopy(CONFIGS["default"])  # cells of 4x4 latent pixels, 16 px per cell
+    err = torch.zeros(1, 128, 2, 2)
+    objects = torch.zeros(1, 1, 32, 32)
+    objects[..., :16, :16] = 1.0  # one object over the top-left cell
+    on_object = err.clone()
+    on_object[:, :, 0, 0] = 1.0  # an error there ...
+    off_object = err.clone()
+    off_object[:, :, 1, 1] = 1.0  # ... costs object_weight times one on the background
+    a, b = train.dit_loss(on_object, objects, cfg), train.dit_loss(off_object, objects, cfg)
+    assert torch.isclose(a, cfg.object_weight * b)
+    # With no objects (or a weight of 1) it is the plain MSE.
+    plain = torch.randn(2, 128, 2, 3)
+    assert torch.isclose(train.dit_loss(plain, torch.zeros(2, 1, 32, 48), cfg), plain.pow(2).mean())
