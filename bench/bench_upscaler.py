@@ -28,16 +28,14 @@ from bench.report import write_section
 from dreamserve.engine.builtin import weights
 from dreamserve.engine.builtin.captions import random_spec, realize
 from dreamserve.engine.builtin.data import render_batch
-from dreamserve.engine.builtin.upscaler import upscale
+from dreamserve.engine.builtin.upscaler import image_gradients, upscale
 
 ROOT = Path(__file__).resolve().parents[1]
 Method = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def edge_energy(img: torch.Tensor) -> float:
-    gy = img[..., 1:, :] - img[..., :-1, :]
-    gx = img[..., :, 1:] - img[..., :, :-1]
-    return float(gy.pow(2).sum() + gx.pow(2).sum())
+    return float(sum(g.pow(2).sum() for g in image_gradients(img)))
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
