@@ -179,7 +179,12 @@ class SqliteConnector:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            # Switching a new database to WAL takes an exclusive lock, and SQLite can answer
+            # SQLITE_BUSY here without calling the busy handler when several connections open
+            # it at once (seen as a flaky "database is locked" with three threads), so retry.
+            retry_busy(
+                lambda: conn.execute("PRAGMA journal_mode = WAL"), self.busy_timeout_ms / 1000
+            )
             # In WAL mode NORMAL survives any process crash (kill -9); only an OS crash or power
             # loss can roll back the last commits.
             conn.execute("PRAGMA synchronous = NORMAL")
