@@ -226,9 +226,7 @@ def train_ae(state: State, pools: Pools, clock: Clock, rnd: random.Random, log: 
 def train_sr(state: State, pools: Pools, clock: Clock, rnd: random.Random, log: Log) -> None:
     cfg = state.cfg
     secs = min(cfg.sr_minutes * 60, max(clock.left(), 1.0))
-    state.ae.requires_grad_(False)
     train_stage("upscaler", sr_step, state, pools, rnd, (secs, cfg.sr_max_steps, cfg.sr_lr), log)
-    state.ae.requires_grad_(True)
     state.sr_done = True
     clock.account()
     log(f"upscaler done after {state.sr_step} steps")
