@@ -1,8 +1,8 @@
 """Upscaling quality: the trained upscaler against bilinear, both scored against native renders.
 
 Each scene is rendered at 128 px, encoded and decoded by the shipped autoencoder (256 px: what
-the sampler hands to the upscaler), then brought to 1024 px (1K, one pass) and 4096 px (4K,
-two passes) by the trained upscaler (`upscaler.upscale`) and by plain bilinear resizing, and
+the sampler hands to the upscaler), then brought to 1024 px (1K) and 4096 px (4K), each in
+one pass, by the trained upscaler (`upscaler.upscale`) and by plain bilinear resizing, and
 compared with the renderer drawing the same scene natively at that size:
 - PSNR against the native render;
 - edge sharpness: the image's squared-gradient energy as a share of the native render's.
@@ -28,14 +28,10 @@ from bench.report import write_section
 from dreamserve.engine.builtin import weights
 from dreamserve.engine.builtin.captions import random_spec, realize
 from dreamserve.engine.builtin.data import render_batch
-from dreamserve.engine.builtin.upscaler import image_gradients, upscale
+from dreamserve.engine.builtin.upscaler import edge_energy, upscale
 
 ROOT = Path(__file__).resolve().parents[1]
 Method = Callable[[torch.Tensor, int], torch.Tensor]
-
-
-def edge_energy(img: torch.Tensor) -> float:
-    return float(sum(g.pow(2).sum() for g in image_gradients(img)))
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -5,7 +5,7 @@
 3. draw the starting noise from the seed (a private generator: same seed, same pixels)
 4. integrate the flow from t=1 (noise) to t=0 with Euler steps, classifier-free guided
 5. decode the latents at 2x with the autoencoder
-6. upscale with the trained upscaler to at least the asked size, then area down to it exactly
+6. draw exactly the asked size with the trained upscaler (area-averaged when smaller)
 """
 
 from __future__ import annotations

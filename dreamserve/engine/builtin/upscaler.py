@@ -105,6 +105,11 @@ def image_gradients(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return img[..., 1:, :] - img[..., :-1, :], img[..., :, 1:] - img[..., :, :-1]
 
 
+def edge_energy(img: torch.Tensor) -> float:
+    """Sum of squared image gradients: how sharp the edges are (bench, tests)."""
+    return float(sum(g.pow(2).sum() for g in image_gradients(img)))
+
+
 @torch.no_grad()
 def upscale(net: Upscaler, img: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """img (B, 3, h, w) in [0, 1] -> exactly (B, 3, height, width) in [0, 1]."""

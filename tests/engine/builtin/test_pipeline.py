@@ -11,7 +11,7 @@ from dreamserve.engine.base import Canceled, Generator, Progress, Task, load_gen
 from dreamserve.engine.builtin import weights
 from dreamserve.engine.builtin.data import render_batch
 from dreamserve.engine.builtin.render import Obj, Scene, render
-from dreamserve.engine.builtin.upscaler import image_gradients, upscale
+from dreamserve.engine.builtin.upscaler import edge_energy, upscale
 from dreamserve.request import SIZES_2K, GenerationRequest
 
 pytestmark = pytest.mark.skipif(not weights.available(), reason="no built-in weights shipped yet")
@@ -47,10 +47,6 @@ def test_4k_output_has_the_asked_pixels(gen: Generator) -> None:
     assert img.size == (4096, 4096)
 
 
-def _edge_energy(img: torch.Tensor) -> float:
-    return float(sum(g.pow(2).sum() for g in image_gradients(img)))
-
-
 def test_4k_edges_are_drawn_by_the_trained_upscaler_not_stretched() -> None:
     m = weights.load()
     scene = Scene(
@@ -64,7 +60,7 @@ def test_4k_edges_are_drawn_by_the_trained_upscaler_not_stretched() -> None:
     )
     # An edge w pixels wide has 1/w of a step's squared-gradient energy: the shipped upscaler's
     # edges are measurably narrower than a bilinear stretch of the same decode.
-    assert _edge_energy(out) > 1.3 * _edge_energy(stretched)
+    assert edge_energy(out) > 1.3 * edge_energy(stretched)
     # ...and in the right place: against the scene drawn natively at 1K, it beats bilinear.
     native = (render_batch([scene], 64, 64) + 1) / 2  # (1, 3, 1024, 1024)
     small = upscale(m.sr, decoded.clamp(0, 1), 1024, 1024)
