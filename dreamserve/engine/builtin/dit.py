@@ -54,46 +54,11 @@ class Attention(nn.Module):
         B, N, D = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         # mask: (B, 1, 1, N) True = attend; padding text tokens are never attended to.
-        return self.proj(_attend(q, k, v, mask).transpose(1, 2).reshape(B, N, D))
-
-
-class TextAttention(nn.Module):
-    """Image tokens attend to the text tokens only (cross-attention, as in PixArt and SD).
-
-    In the joint sequence a target token's softmax runs over ~270 tokens, ~13 of them text.
-    The shipped model had learned to read the colour, position and background words there,
-    and never the shape word: at t=0.95 its attention to "star" was 0.001-0.002 in every
-    block, against 0.2-0.5 to "white", and its x0 guesses for six shape words differed by 7%
-    of how much the shapes differ. Here the softmax runs over the text alone, so every word
-    starts with ~1/13 of the weight. The output layer starts at zero: adding it to a trained
-    model changes nothing until training moves it (surgery.add_text_attention).
-    """
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)
-        self.proj = nn.Linear(dim, dim)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, x: torch.Tensor, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # x: (B, N, D) image tokens; text: (B, L, D); mask: (B, 1, 1, L) True = real token
-        B, N, D = x.shape
-        L, H = text.shape[1], self.heads
-        q = self.q(self.norm(x)).view(B, N, H, D // H).transpose(1, 2)  # (B, H, N, D/H)
-        k, v = self.kv(self.norm(text)).view(B, L, 2, H, D // H).permute(2, 0, 3, 1, 4)
-        return self.proj(_attend(q, k, v, mask).transpose(1, 2).reshape(B, N, D))
-
-
-def _attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
-) -> torch.Tensor:
-    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
-        return _matmul_attention(q, k, v, mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, D/H)
+        if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+            y = _matmul_attention(q, k, v, mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, D/H)
+        return self.proj(y.transpose(1, 2).reshape(B, N, D))
 
 
 def _matmul_attention(
@@ -114,11 +79,10 @@ def _matmul_attention(
 class Block(nn.Module):
     """Pre-norm transformer block with adaLN-Zero modulation from (time, pooled text)."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, text_attn: bool = False) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, heads)
-        self.text_attn = TextAttention(dim, heads) if text_attn else None
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(
@@ -128,16 +92,9 @@ class Block(nn.Module):
         nn.init.zeros_(self.ada.weight)
         nn.init.zeros_(self.ada.bias)
 
-    def forward(
-        self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor, n_text: int
-    ) -> torch.Tensor:
-        # x: (B, N, D), the first n_text tokens text; mask: (B, 1, 1, N)
+    def forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         s1, sc1, g1, s2, sc2, g2 = self.ada(F.silu(c)).chunk(6, dim=-1)  # each (B, D)
         x = x + g1[:, None] * self.attn(modulate(self.norm1(x), s1, sc1), mask)
-        if self.text_attn is not None:
-            text, images = x[:, :n_text], x[:, n_text:]
-            images = images + self.text_attn(images, text, mask[..., :n_text])
-            x = torch.cat([text, images], dim=1)
         return x + g2[:, None] * self.mlp(modulate(self.norm2(x), s2, sc2))
 
 
@@ -186,7 +143,6 @@ class DiTConfig:
     time_shift: float = 4.0
     patch: int = 4  # latent_ch = the autoencoder's channels x patch^2 (its space-to-depth)
     split: int = 1  # target tokens per cell side (module docstring: fine tokens)
-    text_attn: bool = False  # a text-only cross-attention in every block (TextAttention)
 
     @property
     def token_ch(self) -> int:
@@ -233,9 +189,7 @@ class DiT(nn.Module):
         self.image_id = nn.Embedding(cfg.max_images + 8, D)  # 0 = target, k = input image k
         self.time_mlp = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
         self.pool_mlp = nn.Sequential(nn.Linear(TEXT_DIM, D), nn.SiLU(), nn.Linear(D, D))
-        self.blocks = nn.ModuleList(
-            [Block(D, cfg.heads, cfg.mlp_ratio, cfg.text_attn) for _ in range(cfg.depth)]
-        )
+        self.blocks = nn.ModuleList([Block(D, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
         self.norm_out = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Linear(D, 2 * D)
         self.out = nn.Linear(D, cfg.token_ch)
@@ -286,7 +240,7 @@ class DiT(nn.Module):
         attn_mask = torch.cat(masks, dim=1)[:, None, None, :]  # (B, 1, 1, N)
 
         for block in self.blocks:
-            h = block(h, c, attn_mask, text.shape[1])
+            h = block(h, c, attn_mask)
         shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=-1)
         h = modulate(self.norm_out(h[:, -gh * gw :]), shift, scale)  # target tokens only
         v = self.out(h).transpose(1, 2).reshape(B, C, gh, gw)  # predicted velocity

@@ -59,17 +59,3 @@ def split_tokens(old: DiT, split: int) -> DiT:
     state["out.bias"] = b_out.view(ch, split, q, split, q).mean(dim=(1, 3)).reshape(-1)
     new.load_state_dict(state)
     return new
-
-
-def add_text_attention(old: DiT) -> DiT:
-    """`old` plus a text cross-attention in every block, computing exactly what `old` does.
-
-    The new layers' output projections start at zero (dit.TextAttention), so the grown model
-    is the old function until training moves them.
-    """
-    if old.cfg.text_attn:
-        return old
-    new = DiT(replace(old.cfg, text_attn=True))
-    missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
-    assert not unexpected and all(".text_attn." in k for k in missing), (missing, unexpected)
-    return new

@@ -14,9 +14,8 @@ from dreamserve.engine.builtin.upscaler import SRConfig
 class TrainConfig:
     seed: int = 1234
     ae: AEConfig = field(default_factory=AEConfig)
-    # Fine tokens (dit.py): the one-token-per-cell model drew one blob for every shape; text
-    # attention (dit.TextAttention): the fine model still never attended to the shape word.
-    dit: DiTConfig = field(default_factory=lambda: DiTConfig(split=2, text_attn=True))
+    # Fine tokens (dit.py): the shipped one-token-per-cell model drew one blob for every shape.
+    dit: DiTConfig = field(default_factory=lambda: DiTConfig(split=2))
     ae_minutes: float = 8.0
     ae_batch: int = 24
     ae_lr: float = 2e-3
@@ -80,9 +79,7 @@ CONFIGS: dict[str, TrainConfig] = {
     # For tests: trains a few steps of a toy-sized model in seconds.
     "tiny": TrainConfig(
         ae=AEConfig(latent_ch=4, enc_ch=(8, 8, 8, 8), dec_ch=(8, 8, 8, 8), patch=1),
-        dit=DiTConfig(
-            latent_ch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0, patch=1, text_attn=True
-        ),
+        dit=DiTConfig(latent_ch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0, patch=1),
         ae_batch=2,
         ae_max_steps=2,
         sr=SRConfig(ch=4),

@@ -1,7 +1,7 @@
 import torch
 
 from dreamserve.engine.builtin.dit import DiT, DiTConfig, to_fine
-from dreamserve.engine.builtin.surgery import add_copy_path, add_text_attention, split_tokens
+from dreamserve.engine.builtin.surgery import add_copy_path, split_tokens
 
 # 16 latent channels per cell: one AE channel pixel-unshuffled by a 4x4 patch.
 CELLS = DiTConfig(latent_ch=16, patch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0)
@@ -72,32 +72,3 @@ def test_split_is_idempotent_and_refuses_a_resplit() -> None:
         assert "split=2" in str(e)
     else:
         raise AssertionError("re-splitting a split model should be refused")
-
-
-def test_adding_text_attention_keeps_the_models_function_until_it_trains() -> None:
-    torch.manual_seed(0)
-    old = _perturb(DiT(CELLS))
-    new = add_text_attention(old).eval()
-    assert new.cfg.text_attn and all(b.text_attn is not None for b in new.blocks)
-    t, text, mask = _text()
-    mask[1, 4:] = False  # padding: the second prompt is shorter
-    x, ref = torch.randn(2, 16, 3, 5), torch.randn(2, 16, 3, 5)
-    with torch.no_grad():
-        assert torch.allclose(old(x, t, text, mask, [ref]), new(x, t, text, mask, [ref]))
-        # Once its output layer moves, the prompt reaches the image through it.
-        for b in new.blocks:
-            b.text_attn.proj.weight.normal_(0, 0.05)  # type: ignore[union-attr]
-        assert not torch.allclose(old(x, t, text, mask, [ref]), new(x, t, text, mask, [ref]))
-    assert add_text_attention(new) is new
-
-
-def test_text_attention_ignores_padding_tokens() -> None:
-    torch.manual_seed(0)
-    model = _perturb(DiT(DiTConfig(**{**CELLS.to_dict(), "text_attn": True})))
-    t, text, mask = _text()
-    mask[:, 4:] = False
-    x = torch.randn(2, 16, 3, 5)
-    other = text.clone()
-    other[:, 4:] = torch.randn(2, 2, 384)  # change only what the mask hides
-    with torch.no_grad():
-        assert torch.allclose(model(x, t, text, mask), model(x, t, other, mask), atol=1e-5)
