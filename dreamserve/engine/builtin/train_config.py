@@ -28,8 +28,10 @@ class TrainConfig:
     pool_t2i: int = 9000
     pool_edit: int = 4500
     pool_ref: int = 1500
-    mix: tuple[float, float, float] = (0.5, 0.32, 0.18)  # t2i, edit, reference
-    batch: tuple[int, int, int] = (32, 24, 16)
+    # Batch kinds (stream.KINDS): t2i, edit, reference, shape (one large or medium object,
+    # data.Pools.shapes: the only batches from which the shape word was learned).
+    mix: tuple[float, float, float, float] = (0.3, 0.25, 0.15, 0.3)
+    batch: tuple[int, int, int, int] = (32, 24, 16, 32)
     lr: float = 5e-4
     warmup: int = 50
     dit_max_steps: int = 10**9
@@ -54,6 +56,8 @@ class TrainConfig:
         # Checkpoints from before the trained upscaler carry no SR config: the default one.
         kw["sr"] = SRConfig.from_dict(kw.get("sr", SRConfig().to_dict()))
         kw["mix"], kw["batch"] = tuple(kw["mix"]), tuple(kw["batch"])
+        if len(kw["mix"]) == 3:  # saved before the shape batches: none of them
+            kw["mix"], kw["batch"] = (*kw["mix"], 0.0), (*kw["batch"], kw["batch"][0])
         return cls(**kw)
 
 
@@ -70,7 +74,7 @@ CONFIGS: dict[str, TrainConfig] = {
         ae_batch=96,
         sr_minutes=2.0,
         sr_batch=32,
-        batch=(256, 192, 128),
+        batch=(256, 192, 128, 256),
         lr=1e-3,
         warmup=300,
         ckpt_minutes=2.0,
@@ -88,7 +92,7 @@ CONFIGS: dict[str, TrainConfig] = {
         pool_t2i=12,
         pool_edit=8,
         pool_ref=6,
-        batch=(3, 2, 2),
+        batch=(3, 2, 2, 3),
         dit_max_steps=4,
         warmup=2,
     ),
