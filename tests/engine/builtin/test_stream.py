@@ -12,27 +12,35 @@ from dreamserve.engine.builtin.stream import KINDS, batches, draw
 @pytest.fixture(scope="module")
 def pools(tmp_path_factory: pytest.TempPathFactory) -> Pools:
     cache: Path = tmp_path_factory.mktemp("cache")
-    return build_pools(7, 12, 8, 6, cache, log=lambda _: None)
+    return build_pools(7, 40, 8, 6, cache, log=lambda _: None)
 
 
 def test_a_drawn_batch_has_renders_for_the_target_and_every_input(pools: Pools) -> None:
     for kind_index, kind in enumerate(KINDS):
-        mix = tuple(1.0 if k == kind_index else 0.0 for k in range(3))
-        b = draw(pools, mix, (3, 2, 2), random.Random(kind_index))
+        mix = tuple(1.0 if k == kind_index else 0.0 for k in range(len(KINDS)))
+        b = draw(pools, mix, (3, 2, 2, 3), random.Random(kind_index))
         assert b.kind == kind and len(b.texts) == b.target.shape[0]
         assert all(x.shape == b.target.shape for x in b.inputs)
-        assert (len(b.inputs) > 0) == (kind != "t2i")
+        assert (len(b.inputs) > 0) == (kind in ("edit", "ref"))
         assert float(b.target.min()) >= -1.0 and float(b.target.max()) <= 1.0
 
 
 def test_inline_stream_is_determined_by_its_seed(pools: Pools) -> None:
-    a = [b.texts for b in itertools.islice(batches(pools, (1, 1, 1), (2, 2, 2), 5, 0), 3)]
-    b = [b.texts for b in itertools.islice(batches(pools, (1, 1, 1), (2, 2, 2), 5, 0), 3)]
+    a = [b.texts for b in itertools.islice(batches(pools, (1, 1, 1, 1), (2, 2, 2, 2), 5, 0), 3)]
+    b = [b.texts for b in itertools.islice(batches(pools, (1, 1, 1, 1), (2, 2, 2, 2), 5, 0), 3)]
     assert a == b
 
 
 @pytest.mark.slow
 def test_worker_processes_render_ahead(pools: Pools) -> None:
-    got = list(itertools.islice(batches(pools, (1, 1, 1), (2, 2, 2), 5, workers=2), 4))
+    got = list(itertools.islice(batches(pools, (1, 1, 1, 1), (2, 2, 2, 2), 5, workers=2), 4))
     assert len(got) == 4 and all(isinstance(b.target, torch.Tensor) for b in got)
     assert all(b.texts[0] in pools.index for b in got)
+
+
+def test_shape_batches_hold_one_object_not_said_to_be_small(pools: Pools) -> None:
+    b = draw(pools, (0, 0, 0, 1), (2, 2, 2, 8), random.Random(3))
+    specs = {s.text: s for s in pools.t2i}
+    assert b.kind == "shape" and all(t in specs for t in b.texts)
+    assert all(specs[t].kind == "single" and specs[t].objs[0].size != "small" for t in b.texts)
+    assert 0 < len(pools.shapes) < len(pools.t2i)
