@@ -5,7 +5,12 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("bench.service_throughput", "bench.bench_model", "bench.bench_train")
+BENCHMARKS = (
+    "bench.service_throughput",
+    "bench.bench_model",
+    "bench.bench_upscaler",
+    "bench.bench_train",
+)
 
 
 def main() -> int:

@@ -8,7 +8,8 @@ seen one (the report counts them as `edit_seen_text`), so that every edit type i
 scene is always new. Images are generated at the decoder's native 256 px (1:1) and checked
 there; edits are scored against the input image.
 Writes report.json, report.md (the table), grid.png (samples with their prompts) and
-shapes.png (`shape_probe`: does the shape word change the drawing?).
+shapes.png (`shape_probe`: does the shape word change the drawing?) and shape_time.png
+(`shape_time_probe`: from which flow time does the model keep a shape it is given?).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from dreamserve.engine.builtin.checker import (
     psnr,
     scene_found,
 )
-from dreamserve.engine.builtin.data import make_specs
+from dreamserve.engine.builtin.data import grid_for, make_specs
 from dreamserve.engine.builtin.pairs import (
     EDIT_OPS,
     REF_OPS,
@@ -49,7 +50,7 @@ from dreamserve.engine.builtin.pairs import (
     realize_task,
     ref_spec,
 )
-from dreamserve.engine.builtin.render import SHAPES, Scene, object_mask, render
+from dreamserve.engine.builtin.render import SHAPES, SIZES, Obj, Scene, object_mask, render
 from dreamserve.engine.builtin.sample import Sampler, SampleSpec
 from dreamserve.engine.builtin.textenc import TextEncoder
 
@@ -184,6 +185,31 @@ def shape_probe(sampler: Sampler, seed: int = 7) -> Image.Image:
     return grid(tiles, max_width=6 * (SIZE + 8))
 
 
+def shape_time_probe(sampler: Sampler, seed: int = 7) -> Image.Image:
+    """Renders of four large shapes, noised to flow time t and denoised with their prompt.
+
+    Each row is one shape: the render, then the output from t = 0.5, 0.7, 0.85 and 0.95. The
+    column where the outline is lost is where shapes are decided, and where the model's
+    knowledge of the shape word has to take over (session 5: the shipped model keeps the
+    outline from t = 0.5-0.7 and loses it from t = 0.85, where the word does not restore it:
+    MODEL_CARD.md).
+    """
+    tiles = []
+    gw, gh = grid_for(SIZE, SIZE)
+    for shape in ("star", "square", "heart", "triangle"):
+        img = render(Scene("white", (Obj(shape, "red", 0.5, 0.5, SIZES["large"]),)), SIZE, SIZE, 2)
+        z0 = sampler.encode_images([img], gw, gh)[0]
+        tiles.append((f"render: {shape}", img))
+        prompt = f"a large red {shape} in the center on a white background"
+        for t0 in (0.5, 0.7, 0.85, 0.95):
+            spec = SampleSpec(prompt, seed, SIZE, SIZE, 2.5, 10)
+            z = sampler.latents(spec, [], lambda: None, start=(z0, t0))
+            out = sampler.render(z, SIZE, SIZE)
+            seen = sorted(find_objects(out, ["red"]), key=lambda f: -f.area)[:1]
+            tiles.append((f"t={t0} -> {seen[0].shape if seen else 'nothing'}", out))
+    return grid(tiles, max_width=5 * (SIZE + 8))
+
+
 def _unseen_edit(rnd: random.Random, op: str, seen: set[str], tries: int = 50) -> TaskSpec:
     task = edit_spec(rnd, op)
     for _ in range(tries - 1):
@@ -272,7 +298,8 @@ def main(checkpoint: Path | None = None, samples: int = 50, out: Path = Path("ev
     (out / "report.md").write_text(markdown(rows, counts))
     grid(tally.samples).save(out / "grid.png")
     shape_probe(sampler).save(out / "shapes.png")
+    shape_time_probe(sampler).save(out / "shape_time.png")
     print(markdown(rows, counts))
-    names = ("report.json", "report.md", "grid.png", "shapes.png")
+    names = ("report.json", "report.md", "grid.png", "shapes.png", "shape_time.png")
     print("wrote " + ", ".join(str(out / n) for n in names))
     return 0

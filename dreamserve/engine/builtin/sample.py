@@ -62,7 +62,10 @@ class Sampler:
         refs: list[torch.Tensor],
         on_step: StepFn,
         noise: torch.Tensor | None = None,
+        start: tuple[torch.Tensor, float] | None = None,
     ) -> torch.Tensor:
+        """`start` = (clean latents, t0): begin at t0 from those latents noised, not at t=1
+        (evaluate.shape_time_probe: at which flow time is a shape decided)."""
         gw, gh = grid_for(spec.width, spec.height)
         # Step 1: prompt and no-prompt conditions, batched together for one forward per step.
         cond, cmask = self.text([spec.prompt])
@@ -78,6 +81,10 @@ class Sampler:
             noise = seeded_noise(spec.seed, self.ae.token_ch, gh, gw)
         x = noise.clone()
         ts = time_grid(spec.steps, self.time_shift)
+        if start is not None:
+            z0, t0 = start
+            x = (1 - t0) * z0 + t0 * noise
+            ts = torch.linspace(t0, 0.0, spec.steps + 1)
         # Step 4: Euler integration of dx/dt = v, guided: v = v_u + g (v_c - v_u).
         for i in range(spec.steps):
             t = ts[i].expand(2)

@@ -36,6 +36,7 @@ def test_eval_scores_a_checkpoint_and_writes_report_and_grid(tmp_path: Path) -> 
     assert report["counts"]["color_shape"] == 2
     assert Image.open(out / "grid.png").width > 256
     assert Image.open(out / "shapes.png").height > 2 * 256  # 12 shapes, 6 a row
+    assert Image.open(out / "shape_time.png").size[1] > 4 * 256  # 4 shapes, 5 tiles a row
     assert "| metric | result | target | met |" in (out / "report.md").read_text()
 
 

@@ -121,3 +121,21 @@ def test_cancels_between_steps(gen: Generator) -> None:
     with pytest.raises(Canceled):
         gen.generate(_task(), seen.append, lambda: len(seen) >= 1)
     assert len(seen) == 1
+
+
+def test_sampling_from_a_noised_image_keeps_it_from_low_noise() -> None:
+    # evaluate.shape_time_probe starts the flow at t0 from a noised render: at t0 = 0 that is
+    # the render's latents unchanged, and from t0 = 0.3 the output stays near the render.
+    from dreamserve.engine.builtin.sample import Sampler, SampleSpec
+    from dreamserve.engine.builtin.textenc import TextEncoder
+
+    m = weights.load()
+    sampler = Sampler(m.ae, m.dit, m.sr, TextEncoder())
+    img = render(Scene("white", (Obj("star", "red", 0.5, 0.5, 0.34),)), 256, 256, 2)
+    (z0,) = sampler.encode_images([img], 8, 8)
+    spec = SampleSpec("a large red star in the center on a white background", 3, 256, 256)
+    same = sampler.latents(spec, [], lambda: None, start=(z0, 0.0))
+    assert torch.equal(same, z0)
+    near = sampler.latents(spec, [], lambda: None, start=(z0, 0.3))
+    free = sampler.latents(spec, [], lambda: None)
+    assert (near - z0).pow(2).mean() < 0.25 * (free - z0).pow(2).mean()
