@@ -83,7 +83,8 @@ class Pools:
 
         Why a batch kind of its own: mixed in among counts, relations, edits and references,
         the shape word taught nothing in 400k samples (the model drew one blob for all of
-        them), while 150 steps of single large objects taught it (MODEL_CARD.md).
+        them). 150 steps of single objects at 0.55 of the image taught it; at this world's
+        sizes (large = 0.34) they did not, nor did 85 min of these batches (MODEL_CARD.md).
         """
         return [s for s in self.t2i if s.kind == "single" and s.objs[0].size != "small"]
 

@@ -178,11 +178,20 @@ def shape_probe(sampler: Sampler, seed: int = 7) -> Image.Image:
     """
     tiles = []
     for shape in SHAPES:
-        prompt = f"a large red {shape} in the center on a white background"
-        img = sampler(SampleSpec(prompt, seed, SIZE, SIZE, 2.5, 10), [], lambda: None)
-        seen = sorted(find_objects(img, ["red"]), key=lambda f: -f.area)[:1]
-        tiles.append((f"{shape} -> {seen[0].shape if seen else 'nothing'}", img))
+        img = sampler(_probe_spec(shape, seed), [], lambda: None)
+        tiles.append((f"{shape} -> {_red_shape(img)}", img))
     return grid(tiles, max_width=6 * (SIZE + 8))
+
+
+def _probe_spec(shape: str, seed: int) -> SampleSpec:
+    prompt = f"a large red {shape} in the center on a white background"
+    return SampleSpec(prompt, seed, SIZE, SIZE, 2.5, 10)
+
+
+def _red_shape(img: Image.Image) -> str:
+    """The shape the checker sees in the largest red region, or 'nothing'."""
+    seen = sorted(find_objects(img, ["red"]), key=lambda f: -f.area)[:1]
+    return seen[0].shape if seen else "nothing"
 
 
 def shape_time_probe(sampler: Sampler, seed: int = 7) -> Image.Image:
@@ -200,13 +209,12 @@ def shape_time_probe(sampler: Sampler, seed: int = 7) -> Image.Image:
         img = render(Scene("white", (Obj(shape, "red", 0.5, 0.5, SIZES["large"]),)), SIZE, SIZE, 2)
         z0 = sampler.encode_images([img], gw, gh)[0]
         tiles.append((f"render: {shape}", img))
-        prompt = f"a large red {shape} in the center on a white background"
+        spec = _probe_spec(shape, seed)
         for t0 in (0.5, 0.7, 0.85, 0.95):
-            spec = SampleSpec(prompt, seed, SIZE, SIZE, 2.5, 10)
-            z = sampler.latents(spec, [], lambda: None, start=(z0, t0))
-            out = sampler.render(z, SIZE, SIZE)
-            seen = sorted(find_objects(out, ["red"]), key=lambda f: -f.area)[:1]
-            tiles.append((f"t={t0} -> {seen[0].shape if seen else 'nothing'}", out))
+            out = sampler.render(
+                sampler.latents(spec, [], lambda: None, start=(z0, t0)), SIZE, SIZE
+            )
+            tiles.append((f"t={t0} -> {_red_shape(out)}", out))
     return grid(tiles, max_width=5 * (SIZE + 8))
 
 

@@ -79,12 +79,11 @@ class Sampler:
         # Step 3: seeded noise.
         if noise is None:
             noise = seeded_noise(spec.seed, self.ae.token_ch, gh, gw)
-        x = noise.clone()
-        ts = time_grid(spec.steps, self.time_shift)
-        if start is not None:
+        if start is None:
+            x, ts = noise.clone(), time_grid(spec.steps, self.time_shift)
+        else:
             z0, t0 = start
-            x = (1 - t0) * z0 + t0 * noise
-            ts = torch.linspace(t0, 0.0, spec.steps + 1)
+            x, ts = (1 - t0) * z0 + t0 * noise, torch.linspace(t0, 0.0, spec.steps + 1)
         # Step 4: Euler integration of dx/dt = v, guided: v = v_u + g (v_c - v_u).
         for i in range(spec.steps):
             t = ts[i].expand(2)

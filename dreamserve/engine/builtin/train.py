@@ -32,11 +32,16 @@ from dreamserve.engine.builtin.upscaler import image_gradients
 Log = Callable[[str], None]
 
 
-def optimize(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
+def optimize(
+    opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, max_norm: float | None = None
+) -> None:
+    """One step at learning rate `lr`, gradients clipped to `max_norm` first if given."""
     for g in opt.param_groups:
         g["lr"] = lr
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if max_norm is not None:
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], max_norm)
     opt.step()
 
 
@@ -117,12 +122,7 @@ def dit_step(state: State, batch: Rendered, pools: Pools, lr: float) -> float:
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast_bf16(cfg)):
         v = state.dit(xt, t, text, mask, refs)
     loss = dit_loss(v.float() - (noise - x0), batch.objects.to(dev), cfg)
-    for g in state.opt_dit.param_groups:
-        g["lr"] = lr
-    state.opt_dit.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(state.dit.parameters(), 1.0)
-    state.opt_dit.step()
+    optimize(state.opt_dit, loss, lr, max_norm=1.0)
     decay = min(0.998, (1 + state.dit_step) / (10 + state.dit_step))
     with torch.no_grad():
         torch._foreach_lerp_(list(state.ema.parameters()), list(state.dit.parameters()), 1 - decay)

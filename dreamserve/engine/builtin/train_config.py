@@ -29,7 +29,7 @@ class TrainConfig:
     pool_edit: int = 4500
     pool_ref: int = 1500
     # Batch kinds (stream.KINDS): t2i, edit, reference, shape (one large or medium object,
-    # data.Pools.shapes: the only batches from which the shape word was learned).
+    # data.Pools.shapes: where the shape word has the most to teach; it is not learned yet).
     mix: tuple[float, float, float, float] = (0.3, 0.25, 0.15, 0.3)
     batch: tuple[int, int, int, int] = (32, 24, 16, 32)
     lr: float = 5e-4
