@@ -19,7 +19,7 @@ import torch
 from dreamserve.engine.builtin import weights
 from dreamserve.engine.builtin.autoencoder import AEConfig, AutoEncoder
 from dreamserve.engine.builtin.dit import DiT
-from dreamserve.engine.builtin.surgery import add_copy_path, split_tokens
+from dreamserve.engine.builtin.surgery import add_copy_path, add_local, split_tokens
 from dreamserve.engine.builtin.train_config import TrainConfig
 from dreamserve.engine.builtin.upscaler import Upscaler
 
@@ -138,23 +138,27 @@ def from_package(want: TrainConfig) -> State:
 
 
 def grow(state: State, want: TrainConfig) -> State:
-    """Bring a model from an older config up to `want`: time shift, copy path, fine tokens.
+    """Bring a model from an older config up to `want`: time shift, copy path, fine tokens,
+    local convolutions.
 
     A model trained unshifted continues with `want`'s time shift (and is sampled with it).
     A model without the copy path (DiTConfig.copy_input) gains it, and a one-token-per-cell
-    model is split into `want`'s fine tokens (surgery.py: both start from the old function);
+    model is split into `want`'s fine tokens, and one without local convolutions gains them
+    (surgery.py: each starts from the old function);
     the DiT's AdamW moments restart whenever a parameter changed shape.
     """
     for c in (state.cfg.dit, state.dit.cfg, state.ema.cfg):
         c.time_shift = want.dit.time_shift
     have = state.dit.cfg
     copy_path = want.dit.copy_input and not have.copy_input
-    if not copy_path and want.dit.split == have.split:
+    local = want.dit.local != have.local
+    if not copy_path and want.dit.split == have.split and not local:
         return state
 
     def grown(model: DiT) -> DiT:
         model = add_copy_path(model.cpu()) if copy_path else model.cpu()
-        return split_tokens(model, want.dit.split)
+        model = split_tokens(model, want.dit.split)
+        return add_local(model, want.dit.local) if local else model
 
     dev = torch.device(state.cfg.device)
     state.dit = grown(state.dit).to(dev)

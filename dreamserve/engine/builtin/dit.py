@@ -23,6 +23,11 @@ channels (as in InstructPix2Pix), position by position. In-context attention alo
 more CPU time than it had (62 min: edits kept nothing of the input, 13.8 dB). With the input
 at hand in every target token, "keep what the sentence does not change" is a per-token
 identity from the first step, and attention is left for what to change.
+
+Local convolutions (`local`, from session 6): a 3x3 depthwise convolution over the target
+tokens inside every block's MLP (SANA's Mix-FFN). A shape is drawn *around* an object that
+may sit anywhere, so each token needs its offset from the object's other tokens; with only
+absolute position embeddings attention must learn that for every place separately.
 """
 
 from __future__ import annotations
@@ -77,9 +82,16 @@ def _matmul_attention(
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block with adaLN-Zero modulation from (time, pooled text)."""
+    """Pre-norm transformer block with adaLN-Zero modulation from (time, pooled text).
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+    `local` > 0 adds a depthwise `local` x `local` convolution over the target tokens' grid
+    inside the MLP (as SANA's Mix-FFN), zero-initialised so the block starts as it was. Why:
+    drawing a shape around an object that may sit anywhere needs each token to know its
+    offset from the object's other tokens. Attention with absolute positions has to learn
+    that offset for every place; a convolution computes it once for all places (DiTConfig).
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, local: int = 0) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, heads)
@@ -88,14 +100,30 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
         )
+        self.local: nn.Conv2d | None = None
+        if local:
+            conv = nn.Conv2d(hidden, hidden, local, padding=local // 2, groups=hidden)
+            for p in conv.parameters():
+                nn.init.zeros_(p)
+            self.local = conv
         self.ada = nn.Linear(dim, 6 * dim)
         nn.init.zeros_(self.ada.weight)
         nn.init.zeros_(self.ada.bias)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None, grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """grid: (gh, gw) of the target tokens, which are the last gh*gw of the sequence."""
         s1, sc1, g1, s2, sc2, g2 = self.ada(F.silu(c)).chunk(6, dim=-1)  # each (B, D)
         x = x + g1[:, None] * self.attn(modulate(self.norm1(x), s1, sc1), mask)
-        return x + g2[:, None] * self.mlp(modulate(self.norm2(x), s2, sc2))
+        h = self.mlp[1](self.mlp[0](modulate(self.norm2(x), s2, sc2)))  # (B, N, hidden)
+        if self.local is not None:
+            gh, gw = grid
+            B, N, H = h.shape
+            img = h[:, N - gh * gw :].transpose(1, 2).reshape(B, H, gh, gw)
+            near = self.local(img).flatten(2).transpose(1, 2)  # (B, gh*gw, hidden)
+            h = torch.cat([h[:, : N - gh * gw], h[:, N - gh * gw :] + near], dim=1)
+        return x + g2[:, None] * self.mlp[2](h)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -143,6 +171,7 @@ class DiTConfig:
     time_shift: float = 4.0
     patch: int = 4  # latent_ch = the autoencoder's channels x patch^2 (its space-to-depth)
     split: int = 1  # target tokens per cell side (module docstring: fine tokens)
+    local: int = 0  # kernel of the depthwise convolution over target tokens per block (Block)
 
     @property
     def token_ch(self) -> int:
@@ -155,7 +184,8 @@ class DiTConfig:
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> DiTConfig:
         # Configs written before the copy path existed describe a model without it.
-        return cls(**({"copy_input": False, "time_shift": 1.5} | d))  # type: ignore[arg-type]
+        old = {"copy_input": False, "time_shift": 1.5, "local": 0}
+        return cls(**(old | d))  # type: ignore[arg-type]
 
 
 def to_fine(z: torch.Tensor, cfg: DiTConfig) -> torch.Tensor:
@@ -189,7 +219,9 @@ class DiT(nn.Module):
         self.image_id = nn.Embedding(cfg.max_images + 8, D)  # 0 = target, k = input image k
         self.time_mlp = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
         self.pool_mlp = nn.Sequential(nn.Linear(TEXT_DIM, D), nn.SiLU(), nn.Linear(D, D))
-        self.blocks = nn.ModuleList([Block(D, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
+        self.blocks = nn.ModuleList(
+            [Block(D, cfg.heads, cfg.mlp_ratio, cfg.local) for _ in range(cfg.depth)]
+        )
         self.norm_out = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Linear(D, 2 * D)
         self.out = nn.Linear(D, cfg.token_ch)
@@ -240,7 +272,7 @@ class DiT(nn.Module):
         attn_mask = torch.cat(masks, dim=1)[:, None, None, :]  # (B, 1, 1, N)
 
         for block in self.blocks:
-            h = block(h, c, attn_mask)
+            h = block(h, c, attn_mask, (gh, gw))
         shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=-1)
         h = modulate(self.norm_out(h[:, -gh * gw :]), shift, scale)  # target tokens only
         v = self.out(h).transpose(1, 2).reshape(B, C, gh, gw)  # predicted velocity

@@ -59,3 +59,18 @@ def split_tokens(old: DiT, split: int) -> DiT:
     state["out.bias"] = b_out.view(ch, split, q, split, q).mean(dim=(1, 3)).reshape(-1)
     new.load_state_dict(state)
     return new
+
+
+def add_local(old: DiT, kernel: int) -> DiT:
+    """A DiT with each block's local convolution (dit.Block), computing what `old` computes.
+
+    The convolutions are zero-initialised, so only they are new; everything else is loaded.
+    """
+    if old.cfg.local == kernel:
+        return old
+    if old.cfg.local:
+        raise ValueError(f"the model already has {old.cfg.local}x{old.cfg.local} convolutions")
+    new = DiT(replace(old.cfg, local=kernel))
+    missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
+    assert not unexpected and all(".local." in k for k in missing), (missing, unexpected)
+    return new

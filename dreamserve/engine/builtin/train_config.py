@@ -15,7 +15,8 @@ class TrainConfig:
     seed: int = 1234
     ae: AEConfig = field(default_factory=AEConfig)
     # Fine tokens (dit.py): the shipped one-token-per-cell model drew one blob for every shape.
-    dit: DiTConfig = field(default_factory=lambda: DiTConfig(split=2))
+    # Local convolutions (dit.Block): drawing a shape wherever its object is (MODEL_CARD.md).
+    dit: DiTConfig = field(default_factory=lambda: DiTConfig(split=2, local=3))
     ae_minutes: float = 8.0
     ae_batch: int = 24
     ae_lr: float = 2e-3
@@ -83,7 +84,7 @@ CONFIGS: dict[str, TrainConfig] = {
     # For tests: trains a few steps of a toy-sized model in seconds.
     "tiny": TrainConfig(
         ae=AEConfig(latent_ch=4, enc_ch=(8, 8, 8, 8), dec_ch=(8, 8, 8, 8), patch=1),
-        dit=DiTConfig(latent_ch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0, patch=1),
+        dit=DiTConfig(latent_ch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0, patch=1, local=3),
         ae_batch=2,
         ae_max_steps=2,
         sr=SRConfig(ch=4),

@@ -29,3 +29,15 @@ def test_growing_splits_a_one_token_per_cell_model_into_the_configs_fine_tokens(
     opt_params = {id(p) for g in state.opt_dit.param_groups for p in g["params"]}
     assert opt_params == {id(p) for p in state.dit.parameters()}
     assert grow(state, want) is state  # nothing left to grow
+
+
+def test_growing_adds_the_configs_local_convolutions_to_a_model_without_them() -> None:
+    fine = DiTConfig(latent_ch=16, patch=4, dim=32, depth=2, heads=2, mlp_ratio=2.0, split=2)
+    have = replace(copy.deepcopy(CONFIGS["tiny"]), dit=fine)
+    want = replace(copy.deepcopy(CONFIGS["tiny"]), dit=replace(fine, local=3))
+    state = grow(new_state(have), want)
+    assert state.cfg.dit.local == state.dit.cfg.local == state.ema.cfg.local == 3
+    assert all(b.local is not None for b in state.ema.blocks)
+    opt_params = {id(p) for g in state.opt_dit.param_groups for p in g["params"]}
+    assert opt_params == {id(p) for p in state.dit.parameters()}
+    assert grow(state, want) is state

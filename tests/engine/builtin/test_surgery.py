@@ -1,7 +1,7 @@
 import torch
 
 from dreamserve.engine.builtin.dit import DiT, DiTConfig, to_fine
-from dreamserve.engine.builtin.surgery import add_copy_path, split_tokens
+from dreamserve.engine.builtin.surgery import add_copy_path, add_local, split_tokens
 
 # 16 latent channels per cell: one AE channel pixel-unshuffled by a 4x4 patch.
 CELLS = DiTConfig(latent_ch=16, patch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0)
@@ -72,3 +72,33 @@ def test_split_is_idempotent_and_refuses_a_resplit() -> None:
         assert "split=2" in str(e)
     else:
         raise AssertionError("re-splitting a split model should be refused")
+
+
+def test_adding_local_convolutions_keeps_the_function_and_they_then_train() -> None:
+    torch.manual_seed(0)
+    old = _perturb(split_tokens(DiT(CELLS), 2))
+    new = add_local(old, 3).eval()
+    assert new.cfg.local == 3 and all(b.local is not None for b in new.blocks)
+    t, text, mask = _text()
+    x, ref = torch.randn(2, 16, 3, 5), torch.randn(2, 16, 3, 5)
+    with torch.no_grad():
+        assert torch.allclose(old(x, t, text, mask, [ref]), new(x, t, text, mask, [ref]))
+    # Zero weights still get a gradient: the convolution's input is the MLP's hidden state.
+    new(x, t, text, mask, [ref]).pow(2).sum().backward()
+    conv = new.blocks[0].local
+    assert conv is not None and conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+    assert add_local(new, 3) is new
+
+
+def test_the_local_convolution_sees_neighbours_on_every_aspect_grid() -> None:
+    torch.manual_seed(0)
+    model = _perturb(DiT(DiTConfig(**{**CELLS.to_dict(), "split": 2, "local": 3})))
+    t, text, mask = _text()
+    for gh, gw in ((3, 5), (4, 4), (5, 2)):
+        x = torch.randn(2, 16, gh, gw)
+        with torch.no_grad():
+            a = model(x, t, text, mask)
+            poked = x.clone()
+            poked[:, :, 0, 0] += 1.0  # one corner cell
+            b = model(poked, t, text, mask)
+        assert a.shape == (2, 16, gh, gw) and not torch.allclose(a, b)
