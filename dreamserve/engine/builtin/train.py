@@ -24,7 +24,7 @@ from tqdm import tqdm
 from dreamserve.engine.builtin import weights
 from dreamserve.engine.builtin.checkpoint import State, from_package, grow, load, new_state, save
 from dreamserve.engine.builtin.data import Pools, build_pools, render_batch, sample_batch
-from dreamserve.engine.builtin.dit import shift_time
+from dreamserve.engine.builtin.dit import DiT, shift_time
 from dreamserve.engine.builtin.stream import Rendered, batches
 from dreamserve.engine.builtin.train_config import CONFIGS, TrainConfig
 from dreamserve.engine.builtin.upscaler import image_gradients
@@ -110,24 +110,39 @@ def dit_step(state: State, batch: Rendered, pools: Pools, lr: float) -> float:
     with torch.no_grad():
         x0 = state.ae.encode(batch.target.to(dev, non_blocking=True))  # (B, C, gh, gw)
         refs = [state.ae.encode(x.to(dev, non_blocking=True)) for x in batch.inputs]
-    B = x0.shape[0]
     text, mask = (a.to(dev) for a in pools.text_batch(batch.texts))
-    drop = torch.rand(B, device=dev) < cfg.text_drop  # CFG: learn the no-prompt velocity
-    text[drop] = 0.0
-    mask[drop] = False
-    mask[drop, 0] = True
-    t = flow_times(B, cfg.dit.time_shift, cfg.t_uniform, dev)
-    noise = torch.randn_like(x0)
-    xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * noise
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast_bf16(cfg)):
-        v = state.dit(xt, t, text, mask, refs)
-    loss = dit_loss(v.float() - (noise - x0), batch.objects.to(dev), cfg)
+    loss = flow_loss(state.dit, cfg, x0, (text, mask), refs, batch.objects.to(dev))
     optimize(state.opt_dit, loss, lr, max_norm=1.0)
     decay = min(0.998, (1 + state.dit_step) / (10 + state.dit_step))
     with torch.no_grad():
         torch._foreach_lerp_(list(state.ema.parameters()), list(state.dit.parameters()), 1 - decay)
     state.dit_step += 1
     return loss.item()
+
+
+def flow_loss(
+    dit: DiT,
+    cfg: TrainConfig,
+    x0: torch.Tensor,
+    text: tuple[torch.Tensor, torch.Tensor],
+    refs: list[torch.Tensor],
+    objects: torch.Tensor,
+) -> torch.Tensor:
+    """The flow-matching loss of one batch: x0 (B, C, gh, gw) clean latents, text (states,
+    mask), refs the input images' latents, objects (B, 1, 16gh, 16gw) masks. Drops
+    `cfg.text_drop` of the prompts (in place) so the no-prompt velocity is learned for CFG."""
+    B, dev = x0.shape[0], x0.device
+    states, mask = text
+    drop = torch.rand(B, device=dev) < cfg.text_drop
+    states[drop] = 0.0
+    mask[drop] = False
+    mask[drop, 0] = True
+    t = flow_times(B, cfg.dit.time_shift, cfg.t_uniform, dev)
+    noise = torch.randn_like(x0)
+    xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * noise
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast_bf16(cfg)):
+        v = dit(xt, t, states, mask, refs)
+    return dit_loss(v.float() - (noise - x0), objects, cfg)
 
 
 def dit_loss(err: torch.Tensor, objects: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:

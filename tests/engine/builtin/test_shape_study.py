@@ -1,0 +1,39 @@
+import random
+
+import pytest
+
+from dreamserve.engine.builtin import shape_study
+from dreamserve.engine.builtin.checker import cell_of
+from dreamserve.engine.builtin.render import SHAPES
+
+
+def test_each_place_draws_the_object_where_its_name_says() -> None:
+    rnd = random.Random(1)
+    for _ in range(20):
+        text, scene = shape_study.draw("centre", rnd)
+        (o,) = scene.objects
+        assert (o.x, o.y) == (0.5, 0.5) and "center" in text and o.shape in text
+        text, scene = shape_study.draw("anywhere", rnd)
+        (o,) = scene.objects
+        assert 0.2 <= o.x <= 0.8 and 0.2 <= o.y <= 0.8 and "center" not in text
+        _, scene = shape_study.draw("grammar", rnd)
+        assert len(scene.objects) == 1
+
+
+def test_grammar_probes_are_positioned_single_objects_not_small() -> None:
+    todo = shape_study.probes("grammar", 12)
+    assert len(todo) == 12 and len({p[0] for p in todo}) > 6
+    assert all(shape in SHAPES for _, _, shape, _ in todo)
+    assert shape_study.probes("centre")[:12] == [
+        (f"a large red {s} in the center on a white background", "red", s, 7) for s in SHAPES
+    ]
+    assert cell_of(0.5, 0.5) == ("center", "middle")
+
+
+@pytest.mark.slow
+def test_a_study_probes_before_training_and_after_each_listed_step() -> None:
+    logged: list[str] = []
+    out = shape_study.study("anywhere", [1, 2], local=3, batch=2, n_probes=2, log=logged.append)
+    assert [step for step, _ in out] == [0, 1, 2]
+    assert all(0 <= hits <= 2 for _, hits in out)
+    assert logged[0].startswith("anywhere step 0: ") and "/2" in logged[-1]
