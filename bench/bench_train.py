@@ -5,7 +5,8 @@
 batches (text-to-image, edit and reference, the default config's sizes and mix) go through
 `train.dit_step` (image encoder, DiT forward and backward, AdamW, EMA) with bf16 off and on,
 in alternating slices so that load drifting on a shared machine hits both alike. Rendering is
-left out: it is the same in both modes. Also reports the fp32 and bf16 matmul peaks.
+left out: it is the same in both modes. A third mode, bf16 with the blocks' local
+convolutions (dit.Block) taken out, prices those. Also reports the fp32 and bf16 matmul peaks.
 Writes "## Training throughput" in BENCHMARKS.md.
 
     .venv/bin/python -m bench.bench_train [--threads 2] [--batches 6] [--slices 3]
@@ -29,6 +30,7 @@ from bench.report import write_section
 from dreamserve.engine.builtin import weights
 from dreamserve.engine.builtin.checkpoint import State, from_package, new_state
 from dreamserve.engine.builtin.data import Pools, build_pools
+from dreamserve.engine.builtin.dit import Block
 from dreamserve.engine.builtin.stream import Rendered, draw
 from dreamserve.engine.builtin.train import cpu_has_bf16, dit_step
 from dreamserve.engine.builtin.train_config import CONFIGS
@@ -60,27 +62,35 @@ def main(argv: list[str] | None = None) -> int:
         pools = build_pools(cfg.seed, 300, 150, 60, Path(cache), lambda _: None)
     rnd = random.Random(0)
     work = [draw(pools, cfg.mix, cfg.batch, rnd) for _ in range(args.batches)]
-    modes = (False, True) if cpu_has_bf16() else (False,)
-    rates: dict[bool, list[float]] = {m: [] for m in modes}
+    plain = copy.deepcopy(state)
+    for block in plain.dit.blocks:
+        assert isinstance(block, Block)
+        block.local = None  # same model less its convolutions: what they cost per step
+    modes = [("fp32", state, False)]
+    if cpu_has_bf16():
+        modes += [("bf16", state, True), ("bf16, no local convolutions", plain, True)]
+    rates: dict[str, list[float]] = {name: [] for name, _, _ in modes}
     for _ in range(args.slices):
-        for m in modes:
-            rates[m].append(samples_per_second(state, pools, work, m))
-    fp32, bf16 = (statistics.median(rates[m]) for m in (False, modes[-1]))
+        for name, st, bf16 in modes:
+            rates[name].append(samples_per_second(st, pools, work, bf16))
+    rate = {name: statistics.median(r) for name, r in rates.items()}
     peak32, peak16 = matmul_peak(), matmul_peak(dtype=torch.bfloat16)
     rows = [
         "| DiT matmuls | samples/s (median of slices) | vs fp32 |",
         "| --- | --- | --- |",
-        f"| fp32 | {fp32:.1f} | 1.00x |",
+        f"| fp32 | {rate['fp32']:.1f} | 1.00x |",
     ]
-    if len(modes) == 2:
-        rows.append(f"| bf16 (autocast; attention as matmuls) | {bf16:.1f} | {bf16 / fp32:.2f}x |")
+    labels = {"bf16": "bf16 (autocast; attention as matmuls)"}
+    for name, _, _ in modes[1:]:
+        r = rate[name]
+        rows.append(f"| {labels.get(name, name)} | {r:.1f} | {r / rate['fp32']:.2f}x |")
     kinds = ", ".join(b.kind for b in work)
     body = (
         f"`train.dit_step` on {len(work)} pre-rendered batches ({kinds}; default config sizes), "
         f"{args.slices} alternating slices, torch {torch.__version__} on {args.threads} threads "
         f"of {os.cpu_count()} CPUs. Matmul peaks in the same run (2048^3): fp32 "
         f"{peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s ({peak16 / peak32:.1f}x)"
-        + ("" if len(modes) == 2 else "; this CPU lacks AMX/AVX512-BF16, so only fp32 ran")
+        + ("" if len(modes) > 1 else "; this CPU lacks AMX/AVX512-BF16, so only fp32 ran")
         + ".\n\n"
         + "\n".join(rows)
         + "\n\nRerun: `.venv/bin/python -m bench.bench_train`."
