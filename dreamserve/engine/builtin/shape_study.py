@@ -13,7 +13,8 @@ and nothing is saved. Places:
   any colour and on any background (the `shape` batches' positioned captions)
 
 Probes: for centre and anywhere, their own prompt for each of the 12 shapes with 3 seeds; for
-grammar, 36 captions drawn from the evaluation seed.
+grammar, 36 captions drawn from the evaluation seed. `--times LO,HI` trains on flow times
+drawn uniformly from [LO, HI] instead of the config's shifted logit-normal ones.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -88,10 +90,13 @@ def study(
     local: int = 0,
     batch: int = 32,
     n_probes: int = 36,
+    times: tuple[float, float] | None = None,
+    src: Path = weights.PACKAGE_WEIGHTS,
     log: Callable[[str], None] = print,
 ) -> list[tuple[int, int]]:
-    """(step, probe hits) before training and after each of `steps`."""
-    models, enc, cfg = weights.load(), TextEncoder(), TrainConfig()
+    """(step, probe hits) before training and after each of `steps`; `times` (lo, hi): flow
+    times uniform in that range; src: the weights to start from."""
+    models, enc, cfg = weights.load(src), TextEncoder(), TrainConfig()
     dit = add_local(models.dit, local) if local else models.dit
     opt = torch.optim.AdamW(dit.parameters(), lr=cfg.lr, weight_decay=0.0)
     rnd, todo, start = random.Random(0), probes(place, n_probes), time.monotonic()
@@ -109,7 +114,8 @@ def study(
             x0 = models.ae.encode(render_batch(list(scenes), 8, 8))  # (B, C, 8, 8)
             states, mask = enc(list(texts))
         text = (states.clone(), mask.clone())  # flow_loss drops prompts in place
-        loss = flow_loss(dit, cfg, x0, text, [], object_masks(list(scenes), 8, 8))
+        t = None if times is None else times[0] + (times[1] - times[0]) * torch.rand(batch)
+        loss = flow_loss(dit, cfg, x0, text, [], object_masks(list(scenes), 8, 8), t)
         optimize(opt, loss, cfg.lr * min(1.0, step / 20), max_norm=1.0)
         if step in steps:
             out.append(probe(step))
@@ -121,10 +127,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--place", choices=PLACES, default="centre")
     p.add_argument("--steps", default="150,400", help="comma-separated steps to probe after")
     p.add_argument("--local", type=int, default=0, help="add KxK local convolutions first")
+    p.add_argument("--times", default=None, help="LO,HI: train on flow times uniform in it")
+    p.add_argument("--weights", type=Path, default=weights.PACKAGE_WEIGHTS, help="start from")
     args = p.parse_args(argv)
+    times = None
+    if args.times is not None:
+        lo, hi = (float(x) for x in args.times.split(","))
+        times = (lo, hi)
     torch.set_num_threads(TrainConfig().threads)
     torch.manual_seed(0)
-    study(args.place, [int(s) for s in args.steps.split(",")], args.local)
+    steps = [int(s) for s in args.steps.split(",")]
+    study(args.place, steps, args.local, times=times, src=args.weights)
     return 0
 
 

@@ -127,17 +127,20 @@ def flow_loss(
     text: tuple[torch.Tensor, torch.Tensor],
     refs: list[torch.Tensor],
     objects: torch.Tensor,
+    t: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The flow-matching loss of one batch: x0 (B, C, gh, gw) clean latents, text (states,
-    mask), refs the input images' latents, objects (B, 1, 16gh, 16gw) masks. Drops
-    `cfg.text_drop` of the prompts (in place) so the no-prompt velocity is learned for CFG."""
+    mask), refs the input images' latents, objects (B, 1, 16gh, 16gw) masks, t (B,) flow
+    times (default: `flow_times` of the config). Drops `cfg.text_drop` of the prompts (in
+    place) so the no-prompt velocity is learned for CFG."""
     B, dev = x0.shape[0], x0.device
     states, mask = text
     drop = torch.rand(B, device=dev) < cfg.text_drop
     states[drop] = 0.0
     mask[drop] = False
     mask[drop, 0] = True
-    t = flow_times(B, cfg.dit.time_shift, cfg.t_uniform, dev)
+    if t is None:
+        t = flow_times(B, cfg.dit.time_shift, cfg.t_uniform, dev)
     noise = torch.randn_like(x0)
     xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * noise
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast_bf16(cfg)):

@@ -33,7 +33,9 @@ def test_grammar_probes_are_positioned_single_objects_not_small() -> None:
 @pytest.mark.slow
 def test_a_study_probes_before_training_and_after_each_listed_step() -> None:
     logged: list[str] = []
-    out = shape_study.study("anywhere", [1, 2], local=3, batch=2, n_probes=2, log=logged.append)
+    out = shape_study.study(
+        "anywhere", [1, 2], local=3, batch=2, n_probes=2, times=(0.6, 0.9), log=logged.append
+    )
     assert [step for step, _ in out] == [0, 1, 2]
     assert all(0 <= hits <= 2 for _, hits in out)
     assert logged[0].startswith("anywhere step 0: ") and "/2" in logged[-1]
