@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     rnd = random.Random(0)
     work = [draw(pools, cfg.mix, cfg.batch, rnd) for _ in range(args.batches)]
     plain = copy.deepcopy(state)
-    for block in plain.dit.blocks:
+    for block in [*plain.dit.blocks, *plain.ema.blocks]:
         assert isinstance(block, Block)
         block.local = None  # same model less its convolutions: what they cost per step
     modes = [("fp32", state, False)]
