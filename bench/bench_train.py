@@ -62,12 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         pools = build_pools(cfg.seed, 300, 150, 60, Path(cache), lambda _: None)
     rnd = random.Random(0)
     work = [draw(pools, cfg.mix, cfg.batch, rnd) for _ in range(args.batches)]
-    plain = copy.deepcopy(state)
-    for block in [*plain.dit.blocks, *plain.ema.blocks]:
-        assert isinstance(block, Block)
-        block.local = None  # same model less its convolutions: what they cost per step
     modes = [("fp32", state, False)]
     if cpu_has_bf16():
+        plain = copy.deepcopy(state)
+        for block in [*plain.dit.blocks, *plain.ema.blocks]:
+            assert isinstance(block, Block)
+            block.local = None  # same model less its convolutions: what they cost per step
         modes += [("bf16", state, True), ("bf16, no local convolutions", plain, True)]
     rates: dict[str, list[float]] = {name: [] for name, _, _ in modes}
     for _ in range(args.slices):

@@ -183,7 +183,8 @@ class DiTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> DiTConfig:
-        # Configs written before the copy path existed describe a model without it.
+        # Configs written before the copy path (or the local convolutions) existed describe a
+        # model without it.
         old = {"copy_input": False, "time_shift": 1.5, "local": 0}
         return cls(**(old | d))  # type: ignore[arg-type]
 

@@ -183,9 +183,13 @@ def shape_probe(sampler: Sampler, seed: int = 7) -> Image.Image:
     return grid(tiles, max_width=6 * (SIZE + 8))
 
 
+def probe_prompt(shape: str, where: str = " in the center") -> str:
+    """The shape probes' prompt (also shape_study's, which moves the object)."""
+    return f"a large red {shape}{where} on a white background"
+
+
 def _probe_spec(shape: str, seed: int) -> SampleSpec:
-    prompt = f"a large red {shape} in the center on a white background"
-    return SampleSpec(prompt, seed, SIZE, SIZE, 2.5, 10)
+    return SampleSpec(probe_prompt(shape), seed, SIZE, SIZE, 2.5, 10)
 
 
 def _red_shape(img: Image.Image) -> str:

@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 
 from dreamserve.engine.builtin import weights
-from dreamserve.engine.builtin.captions import realize, single_spec
-from dreamserve.engine.builtin.checker import find_objects
+from dreamserve.engine.builtin.captions import PromptSpec, realize, single_spec
+from dreamserve.engine.builtin.checker import find_objects, matches
 from dreamserve.engine.builtin.data import object_masks, render_batch
-from dreamserve.engine.builtin.evaluate import EVAL_SEED, SIZE
+from dreamserve.engine.builtin.evaluate import EVAL_SEED, SIZE, probe_prompt
 from dreamserve.engine.builtin.render import SHAPES, SIZES, Obj, Scene
 from dreamserve.engine.builtin.sample import Sampler, SampleSpec
 from dreamserve.engine.builtin.surgery import add_local
@@ -44,18 +44,22 @@ Probe = tuple[str, str, str, int]  # prompt, colour, shape, seed
 
 
 def _template(place: str, shape: str) -> str:
-    where = " in the center" if place == "centre" else ""
-    return f"a large red {shape}{where} on a white background"
+    return probe_prompt(shape) if place == "centre" else probe_prompt(shape, where="")
+
+
+def _positioned(rnd: random.Random) -> PromptSpec:
+    """A grammar caption of one object that names its position and is not small."""
+    while True:
+        spec = single_spec(rnd)
+        if spec.objs[0].pos is not None and spec.objs[0].size != "small":
+            return spec
 
 
 def draw(place: str, rnd: random.Random) -> tuple[str, Scene]:
     """One training example (caption, scene) for `place`."""
     if place == "grammar":
-        while True:
-            spec = single_spec(rnd)
-            o = spec.objs[0]
-            if o.pos is not None and o.size != "small":
-                return spec.text, realize(spec, rnd)
+        spec = _positioned(rnd)
+        return spec.text, realize(spec, rnd)
     shape = rnd.choice(SHAPES)
     x, y = (0.5, 0.5) if place == "centre" else (rnd.uniform(0.2, 0.8), rnd.uniform(0.2, 0.8))
     return _template(place, shape), Scene("white", (Obj(shape, "red", x, y, SIZES["large"]),))
@@ -66,13 +70,8 @@ def probes(place: str, n: int = 36) -> list[Probe]:
         every = [(_template(place, s), "red", s, seed) for seed in (7, 8, 9) for s in SHAPES]
         return every[:n]
     rnd = random.Random(EVAL_SEED)
-    out: list[Probe] = []
-    while len(out) < n:
-        spec = single_spec(rnd)
-        o = spec.objs[0]
-        if o.pos is not None and o.size != "small":
-            out.append((spec.text, o.color, o.shape, 1000 + len(out)))
-    return out
+    specs = [_positioned(rnd) for _ in range(n)]
+    return [(s.text, s.objs[0].color, s.objs[0].shape, 1000 + i) for i, s in enumerate(specs)]
 
 
 def score(sampler: Sampler, todo: list[Probe]) -> int:
@@ -80,7 +79,7 @@ def score(sampler: Sampler, todo: list[Probe]) -> int:
     hits = 0
     for prompt, color, shape, seed in todo:
         img = sampler(SampleSpec(prompt, seed, SIZE, SIZE, 2.5, 10), [], lambda: None)
-        hits += any(f.shape == shape for f in find_objects(img, [color]))
+        hits += any(matches(f, color, shape) for f in find_objects(img, [color]))
     return hits
 
 

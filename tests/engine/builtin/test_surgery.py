@@ -1,3 +1,5 @@
+import copy
+
 import torch
 
 from dreamserve.engine.builtin.dit import DiT, DiTConfig, to_fine
@@ -101,4 +103,9 @@ def test_the_local_convolution_sees_neighbours_on_every_aspect_grid() -> None:
             poked = x.clone()
             poked[:, :, 0, 0] += 1.0  # one corner cell
             b = model(poked, t, text, mask)
+            plain = copy.deepcopy(model)
+            for block in plain.blocks:
+                block.local = None
+            c = plain(x, t, text, mask)
         assert a.shape == (2, 16, gh, gw) and not torch.allclose(a, b)
+        assert not torch.allclose(a, c)  # the convolutions take part on this grid
