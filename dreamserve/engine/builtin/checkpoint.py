@@ -19,7 +19,7 @@ import torch
 from dreamserve.engine.builtin import weights
 from dreamserve.engine.builtin.autoencoder import AEConfig, AutoEncoder
 from dreamserve.engine.builtin.dit import DiT
-from dreamserve.engine.builtin.surgery import add_copy_path, add_local, split_tokens
+from dreamserve.engine.builtin.surgery import add_copy_path, add_local, add_rope, split_tokens
 from dreamserve.engine.builtin.train_config import TrainConfig
 from dreamserve.engine.builtin.upscaler import Upscaler
 
@@ -62,9 +62,15 @@ def new_state(cfg: TrainConfig) -> State:
 
 
 def _dit_optimizer(dit: DiT, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        dit.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.99), fused=True
-    )
+    """AdamW over the DiT. The rotary gains (one scalar per head, dit.Attention) train at 10x
+    the learning rate and without weight decay: grown from zero onto a trained model, they have
+    to travel to ~1 within one run, where every other weight moves by small steps."""
+    gains = [p for n, p in dit.named_parameters() if n.endswith(".rope_gain")]
+    rest = [p for n, p in dit.named_parameters() if not n.endswith(".rope_gain")]
+    groups: list[dict[str, Any]] = [{"params": rest}]
+    if gains:
+        groups.append({"params": gains, "lr_scale": 10.0, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.99), fused=True)
 
 
 def resume_config(saved: TrainConfig, want: TrainConfig) -> TrainConfig:
@@ -139,26 +145,29 @@ def from_package(want: TrainConfig) -> State:
 
 def grow(state: State, want: TrainConfig) -> State:
     """Bring a model from an older config up to `want`: time shift, copy path, fine tokens,
-    local convolutions.
+    local convolutions, rotary positions.
 
     A model trained unshifted continues with `want`'s time shift (and is sampled with it).
-    A model without the copy path (DiTConfig.copy_input) gains it, and a one-token-per-cell
-    model is split into `want`'s fine tokens, and one without local convolutions gains them
-    (surgery.py: each starts from the old function);
-    the DiT's AdamW moments restart whenever a parameter changed shape.
+    A model without the copy path (DiTConfig.copy_input) gains it, a one-token-per-cell
+    model is split into `want`'s fine tokens, and one without local convolutions or rotary
+    positions gains them (surgery.py: each starts from the old function). What a model has and
+    `want` lacks, it keeps: growing never removes what was trained.
+    The DiT's AdamW moments restart whenever a parameter was added or changed shape.
     """
     for c in (state.cfg.dit, state.dit.cfg, state.ema.cfg):
         c.time_shift = want.dit.time_shift
     have = state.dit.cfg
     copy_path = want.dit.copy_input and not have.copy_input
-    local = want.dit.local != have.local
-    if not copy_path and want.dit.split == have.split and not local:
+    local = bool(want.dit.local) and not have.local
+    rope = want.dit.rope and not have.rope
+    if not (copy_path or local or rope) and want.dit.split == have.split:
         return state
 
     def grown(model: DiT) -> DiT:
         model = add_copy_path(model.cpu()) if copy_path else model.cpu()
         model = split_tokens(model, want.dit.split)
-        return add_local(model, want.dit.local) if local else model
+        model = add_local(model, want.dit.local) if local else model
+        return add_rope(model) if rope else model
 
     dev = torch.device(state.cfg.device)
     state.dit = grown(state.dit).to(dev)

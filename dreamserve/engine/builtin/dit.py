@@ -49,15 +49,23 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, rope: bool = False) -> None:
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        # Per head, how fast the rotary angles turn with position: 1 in a new model, 0 in one
+        # grown from a model without them (surgery.add_rope), which then computes as before.
+        self.rope_gain = nn.Parameter(torch.ones(heads)) if rope else None
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, rope: torch.Tensor | None = None
+    ) -> torch.Tensor:
         B, N, D = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        if rope is not None and self.rope_gain is not None:
+            angles = self.rope_gain[:, None, None] * rope  # (H, N, head_dim / 2)
+            q, k = rotate(q, angles), rotate(k, angles)
         # mask: (B, 1, 1, N) True = attend; padding text tokens are never attended to.
         if q.dtype == torch.bfloat16 and q.device.type == "cpu":
             y = _matmul_attention(q, k, v, mask)
@@ -81,6 +89,33 @@ def _matmul_attention(
     return scores.float().softmax(-1).to(v.dtype) @ v  # (B, H, N, D/H)
 
 
+def rope_angles(pos: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """(N, head_dim / 2) 2D rotary angles for tokens at `pos` (N, 2) = (x, y) in the 0..8
+    frame of `grid_pos_embedding`: half the rotated pairs turn with x, half with y, at
+    wavelengths from one cell (2 fine tokens) to 32 cells. A token at (0, 0) (every text
+    token) is not rotated.
+    """
+    pairs = head_dim // 4  # per axis
+    wavelength = 32.0 ** (torch.arange(pairs, dtype=torch.float32) / max(pairs - 1, 1))
+    freqs = 2 * math.pi / wavelength  # (pairs,)
+    return torch.cat([pos[:, :1] * freqs, pos[:, 1:] * freqs], dim=1)
+
+
+def rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, N, head_dim) queries or keys pairwise by `angles` ((H or 1), N, head_dim/2)."""
+    cos, sin = torch.cos(angles).to(x.dtype), torch.sin(angles).to(x.dtype)
+    a, b = x[..., 0::2], x[..., 1::2]  # (B, H, N, head_dim / 2)
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
+
+
+def grid_positions(gh: int, gw: int) -> torch.Tensor:
+    """(gh*gw, 2) fractional (x, y) centres of a token grid, in the 0..8 frame."""
+    ys = (torch.arange(gh, dtype=torch.float32) + 0.5) / gh * 8.0
+    xs = (torch.arange(gw, dtype=torch.float32) + 0.5) / gw * 8.0
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
+
+
 class Block(nn.Module):
     """Pre-norm transformer block with adaLN-Zero modulation from (time, pooled text).
 
@@ -91,10 +126,12 @@ class Block(nn.Module):
     that offset for every place; a convolution computes it once for all places (DiTConfig).
     """
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, local: int = 0) -> None:
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float, local: int = 0, rope: bool = False
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, heads)
+        self.attn = Attention(dim, heads, rope)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(
@@ -111,11 +148,16 @@ class Block(nn.Module):
         nn.init.zeros_(self.ada.bias)
 
     def forward(
-        self, x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None, grid: tuple[int, int]
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor,
+        mask: torch.Tensor | None,
+        grid: tuple[int, int],
+        rope: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """grid: (gh, gw) of the target tokens, which are the last gh*gw of the sequence."""
         s1, sc1, g1, s2, sc2, g2 = self.ada(F.silu(c)).chunk(6, dim=-1)  # each (B, D)
-        x = x + g1[:, None] * self.attn(modulate(self.norm1(x), s1, sc1), mask)
+        x = x + g1[:, None] * self.attn(modulate(self.norm1(x), s1, sc1), mask, rope)
         h = self.mlp[1](self.mlp[0](modulate(self.norm2(x), s2, sc2)))  # (B, N, hidden)
         if self.local is not None:
             gh, gw = grid
@@ -138,15 +180,13 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 def grid_pos_embedding(gh: int, gw: int, dim: int) -> torch.Tensor:
     """(gh*gw, dim) 2D sin-cos embedding of each token's fractional centre, scaled to 0..8."""
-    ys = (torch.arange(gh, dtype=torch.float32) + 0.5) / gh * 8.0
-    xs = (torch.arange(gw, dtype=torch.float32) + 0.5) / gw * 8.0
-    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    xx, yy = grid_positions(gh, gw).unbind(1)
     quarter = dim // 4
     freqs = (
         torch.exp(-math.log(100.0) * torch.arange(quarter, dtype=torch.float32) / quarter) * math.pi
     )
     parts = []
-    for coord in (xx.reshape(-1), yy.reshape(-1)):
+    for coord in (xx, yy):
         a = coord[:, None] * freqs[None]
         parts += [torch.sin(a), torch.cos(a)]
     return torch.cat(parts, dim=-1)
@@ -172,6 +212,7 @@ class DiTConfig:
     patch: int = 4  # latent_ch = the autoencoder's channels x patch^2 (its space-to-depth)
     split: int = 1  # target tokens per cell side (module docstring: fine tokens)
     local: int = 0  # kernel of the depthwise convolution over target tokens per block (Block)
+    rope: bool = False  # 2D rotary positions in attention (module docstring)
 
     @property
     def token_ch(self) -> int:
@@ -185,7 +226,7 @@ class DiTConfig:
     def from_dict(cls, d: dict[str, object]) -> DiTConfig:
         # Configs written before the copy path (or the local convolutions) existed describe a
         # model without it.
-        old = {"copy_input": False, "time_shift": 1.5, "local": 0}
+        old = {"copy_input": False, "time_shift": 1.5, "local": 0, "rope": False}
         return cls(**(old | d))  # type: ignore[arg-type]
 
 
@@ -221,7 +262,7 @@ class DiT(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(D, D), nn.SiLU(), nn.Linear(D, D))
         self.pool_mlp = nn.Sequential(nn.Linear(TEXT_DIM, D), nn.SiLU(), nn.Linear(D, D))
         self.blocks = nn.ModuleList(
-            [Block(D, cfg.heads, cfg.mlp_ratio, cfg.local) for _ in range(cfg.depth)]
+            [Block(D, cfg.heads, cfg.mlp_ratio, cfg.local, cfg.rope) for _ in range(cfg.depth)]
         )
         self.norm_out = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Linear(D, 2 * D)
@@ -264,16 +305,22 @@ class DiT(nn.Module):
 
         seq = [self.text_in(text)]  # (B, L, D)
         masks = [text_mask]
+        pos = [torch.zeros(text.shape[1], 2)]  # text tokens sit at the origin: never rotated
         for i, r in enumerate(refs):
             seq.append(self._image_tokens(r, i + 1))  # (B, gh'*gw', D)
             masks.append(torch.ones(B, r.shape[2] * r.shape[3], dtype=torch.bool, device=x.device))
+            pos.append(grid_positions(r.shape[2], r.shape[3]))
         seq.append(self._image_tokens(x, 0, base))  # (B, gh*gw, D), always last
         masks.append(torch.ones(B, gh * gw, dtype=torch.bool, device=x.device))
+        pos.append(grid_positions(gh, gw))
         h = torch.cat(seq, dim=1)  # (B, N, D)
         attn_mask = torch.cat(masks, dim=1)[:, None, None, :]  # (B, 1, 1, N)
+        rope = None
+        if self.cfg.rope:
+            rope = rope_angles(torch.cat(pos), self.cfg.dim // self.cfg.heads).to(x.device)
 
         for block in self.blocks:
-            h = block(h, c, attn_mask, (gh, gw))
+            h = block(h, c, attn_mask, (gh, gw), rope)
         shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=-1)
         h = modulate(self.norm_out(h[:, -gh * gw :]), shift, scale)  # target tokens only
         v = self.out(h).transpose(1, 2).reshape(B, C, gh, gw)  # predicted velocity

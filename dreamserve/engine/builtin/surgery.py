@@ -74,3 +74,21 @@ def add_local(old: DiT, kernel: int) -> DiT:
     missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
     assert not unexpected and all(".local." in k for k in missing), (missing, unexpected)
     return new
+
+
+def add_rope(old: DiT) -> DiT:
+    """A DiT with rotary positions in attention (DiTConfig.rope), computing what `old` computes.
+
+    Every head's rotary gain starts at zero, so no query or key is turned until training turns
+    them; everything else is loaded.
+    """
+    if old.cfg.rope:
+        return old
+    new = DiT(replace(old.cfg, rope=True))
+    missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
+    assert not unexpected and all(k.endswith(".rope_gain") for k in missing), (missing, unexpected)
+    with torch.no_grad():
+        for block in new.blocks:
+            assert block.attn.rope_gain is not None
+            block.attn.rope_gain.zero_()
+    return new

@@ -35,9 +35,10 @@ Log = Callable[[str], None]
 def optimize(
     opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, max_norm: float | None = None
 ) -> None:
-    """One step at learning rate `lr`, gradients clipped to `max_norm` first if given."""
+    """One step at learning rate `lr` (times a group's `lr_scale`), gradients clipped to
+    `max_norm` first if given."""
     for g in opt.param_groups:
-        g["lr"] = lr
+        g["lr"] = lr * g.get("lr_scale", 1.0)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if max_norm is not None:

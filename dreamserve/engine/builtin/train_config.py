@@ -15,8 +15,9 @@ class TrainConfig:
     seed: int = 1234
     ae: AEConfig = field(default_factory=AEConfig)
     # Fine tokens (dit.py): the shipped one-token-per-cell model drew one blob for every shape.
-    # Local convolutions (dit.Block): drawing a shape wherever its object is (MODEL_CARD.md).
-    dit: DiTConfig = field(default_factory=lambda: DiTConfig(split=2, local=3))
+    # Local convolutions (dit.Block) and rotary positions (dit.Attention): drawing a shape
+    # wherever its object is (MODEL_CARD.md).
+    dit: DiTConfig = field(default_factory=lambda: DiTConfig(split=2, local=3, rope=True))
     ae_minutes: float = 8.0
     ae_batch: int = 24
     ae_lr: float = 2e-3

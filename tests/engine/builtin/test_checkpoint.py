@@ -41,3 +41,16 @@ def test_growing_adds_the_configs_local_convolutions_to_a_model_without_them() -
     opt_params = {id(p) for g in state.opt_dit.param_groups for p in g["params"]}
     assert opt_params == {id(p) for p in state.dit.parameters()}
     assert grow(state, want) is state
+
+
+def test_growing_adds_rotary_positions_and_never_removes_what_a_model_has() -> None:
+    fine = DiTConfig(latent_ch=16, patch=4, dim=32, depth=2, heads=2, mlp_ratio=2.0, split=2)
+    have = replace(copy.deepcopy(CONFIGS["tiny"]), dit=replace(fine, local=3))
+    want = replace(copy.deepcopy(CONFIGS["tiny"]), dit=replace(fine, local=3, rope=True))
+    state = grow(new_state(have), want)
+    assert state.cfg.dit.rope and state.dit.cfg.rope and state.ema.cfg.rope
+    assert all(b.attn.rope_gain is not None for b in state.ema.blocks)
+    # A config without convolutions or rotary positions leaves a model that has them as it is
+    # (it used to raise "the model already has 3x3 convolutions").
+    plain = replace(copy.deepcopy(CONFIGS["tiny"]), dit=fine)
+    assert grow(state, plain) is state and state.dit.cfg.local == 3 and state.dit.cfg.rope

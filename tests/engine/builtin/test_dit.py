@@ -5,6 +5,9 @@ from dreamserve.engine.builtin.dit import (
     DiTConfig,
     _matmul_attention,
     from_fine,
+    grid_positions,
+    rope_angles,
+    rotate,
     shift_time,
     to_fine,
 )
@@ -32,9 +35,10 @@ def _perturb(model: DiT) -> DiT:
 
 def test_old_configs_load_without_the_copy_path() -> None:
     d = SMALL.to_dict()
-    del d["copy_input"], d["time_shift"]
+    del d["copy_input"], d["time_shift"], d["rope"]
     old = DiTConfig.from_dict(d)
     assert old.copy_input is False and old.time_shift == 1.5  # as the first model was sampled
+    assert old.rope is False
     assert DiTConfig().copy_input is True
 
 
@@ -100,3 +104,45 @@ def test_a_fine_token_model_keeps_the_cell_interface() -> None:
         x2 = x.clone()
         x2[:, 0, 1, 2] += 1.0
         assert not torch.allclose(model(x2, torch.tensor([0.3, 0.9]), text, mask, [ref]), v)
+
+
+def test_rotary_scores_depend_only_on_the_offset_between_tokens() -> None:
+    # What rotary positions are for: a query at p and a key at p' score the same as at p + d
+    # and p' + d, so what a token learns about its neighbours holds wherever it sits.
+    g = torch.Generator().manual_seed(2)
+    q, k = torch.randn(1, 1, 1, 16, generator=g), torch.randn(1, 1, 1, 16, generator=g)
+
+    def score(p: tuple[float, float], p2: tuple[float, float]) -> float:
+        rq = rotate(q, rope_angles(torch.tensor([p]), 16))
+        rk = rotate(k, rope_angles(torch.tensor([p2]), 16))
+        return float((rq * rk).sum())
+
+    base = score((1.25, 2.75), (2.0, 3.5))
+    assert abs(score((4.25, 0.75), (5.0, 1.5)) - base) < 1e-4
+    assert abs(score((1.25, 2.75), (2.5, 3.5)) - base) > 1e-3  # another offset, another score
+
+
+def test_rotary_angles_keep_norms_and_leave_text_at_the_origin_unturned() -> None:
+    x = torch.randn(2, 2, 5, 16)
+    pos = torch.cat([torch.zeros(1, 2), grid_positions(2, 2)])  # a text token, then a 2x2 grid
+    y = rotate(x, rope_angles(pos, 16))
+    assert torch.allclose(y.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
+    assert torch.equal(y[:, :, 0], x[:, :, 0])
+    assert not torch.allclose(y[:, :, 1:], x[:, :, 1:])
+
+
+def test_a_rotary_model_runs_with_references_and_at_zero_gain_is_the_flat_model() -> None:
+    torch.manual_seed(0)
+    cfg = DiTConfig(**{**SMALL.to_dict(), "dim": 64, "rope": True, "local": 3})
+    model = _perturb(DiT(cfg))
+    x, t, text, mask, ref = _inputs(1)
+    refs = [ref, torch.randn(2, 4, 4, 4)]  # image 2 on another grid than the target's 3x5
+    flat = DiT(DiTConfig(**{**cfg.to_dict(), "rope": False})).eval()
+    _, unexpected = flat.load_state_dict(model.state_dict(), strict=False)
+    assert unexpected == ["blocks.0.attn.rope_gain"]
+    with torch.no_grad():
+        v = model(x, t, text, mask, refs)
+        assert v.shape == x.shape
+        assert not torch.allclose(v, flat(x, t, text, mask, refs))
+        model.blocks[0].attn.rope_gain.zero_()  # how surgery.add_rope grows it
+        assert torch.allclose(model(x, t, text, mask, refs), flat(x, t, text, mask, refs))

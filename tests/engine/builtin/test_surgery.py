@@ -3,7 +3,7 @@ import copy
 import torch
 
 from dreamserve.engine.builtin.dit import DiT, DiTConfig, to_fine
-from dreamserve.engine.builtin.surgery import add_copy_path, add_local, split_tokens
+from dreamserve.engine.builtin.surgery import add_copy_path, add_local, add_rope, split_tokens
 
 # 16 latent channels per cell: one AE channel pixel-unshuffled by a 4x4 patch.
 CELLS = DiTConfig(latent_ch=16, patch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0)
@@ -109,3 +109,20 @@ def test_the_local_convolution_sees_neighbours_on_every_aspect_grid() -> None:
             c = plain(x, t, text, mask)
         assert a.shape == (2, 16, gh, gw) and not torch.allclose(a, b)
         assert not torch.allclose(a, c)  # the convolutions take part on this grid
+
+
+def test_adding_rotary_positions_keeps_the_function_and_their_gains_then_train() -> None:
+    torch.manual_seed(0)
+    old = _perturb(split_tokens(DiT(CELLS), 2))
+    new = add_rope(old).eval()
+    assert new.cfg.rope
+    t, text, mask = _text()
+    x, ref = torch.randn(2, 16, 3, 5), torch.randn(2, 16, 3, 5)
+    with torch.no_grad():
+        assert torch.allclose(old(x, t, text, mask, [ref]), new(x, t, text, mask, [ref]))
+    # At zero gain the angles vanish, yet the gain still gets a gradient (d angle / d gain is
+    # the position), so training can turn the rotation on.
+    new(x, t, text, mask, [ref]).pow(2).sum().backward()
+    gain = new.blocks[0].attn.rope_gain
+    assert gain is not None and gain.grad is not None and gain.grad.abs().sum() > 0
+    assert add_rope(new) is new
