@@ -88,7 +88,7 @@ def add_rope(old: DiT) -> DiT:
     missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
     assert not unexpected and all(k.endswith(".rope_gain") for k in missing), (missing, unexpected)
     with torch.no_grad():
-        for block in new.blocks:
-            assert block.attn.rope_gain is not None
-            block.attn.rope_gain.zero_()
+        for name, p in new.named_parameters():
+            if name.endswith(".rope_gain"):
+                p.zero_()
     return new
