@@ -15,6 +15,12 @@ and nothing is saved. Places:
 Probes: for centre and anywhere, their own prompt for each of the 12 shapes with 3 seeds; for
 grammar, 36 captions drawn from the evaluation seed. `--times LO,HI` trains on flow times
 drawn uniformly from [LO, HI] instead of the config's shifted logit-normal ones.
+
+`--scratch DIM` trains a new DiT (width DIM, 4 blocks, 64-dim heads, fine tokens) instead,
+with `--local` and `--rope` choosing its position machinery, at learning rate 1e-3: two runs
+that differ in one flag see the same batches, flow times and noise, so their logged losses
+compare step by step (how rotary positions were chosen, MODEL_CARD.md). On the shipped model
+`--rope` grows rotary positions onto it first (surgery.add_rope).
 """
 
 from __future__ import annotations
@@ -31,10 +37,11 @@ from dreamserve.engine.builtin import weights
 from dreamserve.engine.builtin.captions import PromptSpec, realize, single_spec
 from dreamserve.engine.builtin.checker import find_objects, matches
 from dreamserve.engine.builtin.data import object_masks, render_batch
+from dreamserve.engine.builtin.dit import DiT, DiTConfig
 from dreamserve.engine.builtin.evaluate import EVAL_SEED, SIZE, probe_prompt
 from dreamserve.engine.builtin.render import SHAPES, SIZES, Obj, Scene
 from dreamserve.engine.builtin.sample import Sampler, SampleSpec
-from dreamserve.engine.builtin.surgery import add_local
+from dreamserve.engine.builtin.surgery import add_local, add_rope
 from dreamserve.engine.builtin.textenc import TextEncoder
 from dreamserve.engine.builtin.train import flow_loss, optimize
 from dreamserve.engine.builtin.train_config import TrainConfig
@@ -83,6 +90,21 @@ def score(sampler: Sampler, todo: list[Probe]) -> int:
     return hits
 
 
+def scratch_config(dim: int, local: int, rope: bool) -> DiTConfig:
+    """A new small DiT on the shipped autoencoder's fine tokens (no copy path: no inputs)."""
+    return DiTConfig(
+        dim=dim, depth=4, heads=max(dim // 64, 2), split=2, local=local, rope=rope,
+        copy_input=False,
+    )  # fmt: skip
+
+
+def _model(shipped: DiT, local: int, rope: bool, scratch: int | None) -> DiT:
+    if scratch is not None:
+        return DiT(scratch_config(scratch, local, rope))
+    dit = add_local(shipped, local) if local else shipped
+    return add_rope(dit) if rope else dit
+
+
 def study(
     place: str,
     steps: list[int],
@@ -92,19 +114,29 @@ def study(
     times: tuple[float, float] | None = None,
     src: Path = weights.PACKAGE_WEIGHTS,
     log: Callable[[str], None] = print,
-) -> list[tuple[int, int]]:
-    """(step, probe hits) before training and after each of `steps`; `times` (lo, hi): flow
-    times uniform in that range; src: the weights to start from."""
+    rope: bool = False,
+    scratch: int | None = None,
+) -> list[tuple[int, int, float]]:
+    """(step, probe hits, mean loss since the last probe) before training and after each of
+    `steps`; `times` (lo, hi): flow times uniform in that range; src: the weights to start
+    from (and the autoencoder and upscaler to draw with); scratch: a new DiT of that width."""
     models, enc, cfg = weights.load(src), TextEncoder(), TrainConfig()
-    dit = add_local(models.dit, local) if local else models.dit
-    opt = torch.optim.AdamW(dit.parameters(), lr=cfg.lr, weight_decay=0.0)
+    dit = _model(models.dit, local, rope, scratch)
+    cfg.dit = dit.cfg
+    lr, warmup = (cfg.lr, 20) if scratch is None else (1e-3, 50)
+    torch.manual_seed(0)  # after building: same batches' noise and times, whatever the model
+    opt = torch.optim.AdamW(dit.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     rnd, todo, start = random.Random(0), probes(place, n_probes), time.monotonic()
+    losses: list[float] = []
 
-    def probe(step: int) -> tuple[int, int]:
+    def probe(step: int) -> tuple[int, int, float]:
         hits = score(Sampler(models.ae, dit.eval(), models.sr, enc), todo)
-        log(f"{place} step {step}: {hits}/{len(todo)} ({time.monotonic() - start:.0f} s)")
+        mean = sum(losses) / max(len(losses), 1)
+        took = time.monotonic() - start
+        log(f"{place} step {step}: {hits}/{len(todo)}, loss {mean:.4f} ({took:.0f} s)")
         dit.train()
-        return step, hits
+        losses.clear()
+        return step, hits, mean
 
     out = [probe(0)]
     for step in range(1, max(steps, default=0) + 1):
@@ -115,7 +147,8 @@ def study(
         text = (states.clone(), mask.clone())  # flow_loss drops prompts in place
         t = None if times is None else times[0] + (times[1] - times[0]) * torch.rand(batch)
         loss = flow_loss(dit, cfg, x0, text, [], object_masks(list(scenes), 8, 8), t)
-        optimize(opt, loss, cfg.lr * min(1.0, step / 20), max_norm=1.0)
+        optimize(opt, loss, lr * min(1.0, step / warmup), max_norm=1.0)
+        losses.append(loss.item())
         if step in steps:
             out.append(probe(step))
     return out
@@ -128,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--local", type=int, default=0, help="add KxK local convolutions first")
     p.add_argument("--times", default=None, help="LO,HI: train on flow times uniform in it")
     p.add_argument("--weights", type=Path, default=weights.PACKAGE_WEIGHTS, help="start from")
+    p.add_argument("--rope", action="store_true", help="rotary positions (grown or new)")
+    p.add_argument("--scratch", type=int, default=None, help="DIM: train a new DiT this wide")
     args = p.parse_args(argv)
     times = None
     if args.times is not None:
@@ -136,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(TrainConfig().threads)
     torch.manual_seed(0)
     steps = [int(s) for s in args.steps.split(",")]
-    study(args.place, steps, args.local, times=times, src=args.weights)
+    study(
+        args.place, steps, args.local, times=times, src=args.weights, rope=args.rope,
+        scratch=args.scratch,
+    )  # fmt: skip
     return 0
 
 

@@ -36,6 +36,17 @@ def test_a_study_probes_before_training_and_after_each_listed_step() -> None:
     out = shape_study.study(
         "anywhere", [1, 2], local=3, batch=2, n_probes=2, times=(0.6, 0.9), log=logged.append
     )
-    assert [step for step, _ in out] == [0, 1, 2]
-    assert all(0 <= hits <= 2 for _, hits in out)
+    assert [step for step, _, _ in out] == [0, 1, 2]
+    assert all(0 <= hits <= 2 for _, hits, _ in out)
+    assert out[0][2] == 0.0 and out[1][2] > 0.0  # no loss before the first step
     assert logged[0].startswith("anywhere step 0: ") and "/2" in logged[-1]
+
+
+@pytest.mark.slow
+def test_scratch_runs_that_differ_in_one_flag_see_the_same_first_batch() -> None:
+    # The comparison rotary positions were chosen by: a new model, same data and noise.
+    # adaLN-Zero makes a new DiT output zero, so the first step's loss is the same for both.
+    kw = {"batch": 2, "n_probes": 1, "scratch": 64, "log": lambda _: None}
+    flat = shape_study.study("anywhere", [1], **kw)  # type: ignore[arg-type]
+    turned = shape_study.study("anywhere", [1], rope=True, **kw)  # type: ignore[arg-type]
+    assert flat[1][2] == pytest.approx(turned[1][2]) and flat[1][2] > 0.0
