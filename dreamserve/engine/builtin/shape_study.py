@@ -32,13 +32,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from dreamserve.engine.builtin import weights
 from dreamserve.engine.builtin.captions import PromptSpec, realize, single_spec
 from dreamserve.engine.builtin.checker import find_objects, matches
 from dreamserve.engine.builtin.data import object_masks, render_batch
 from dreamserve.engine.builtin.dit import DiT, DiTConfig
-from dreamserve.engine.builtin.evaluate import EVAL_SEED, SIZE, probe_prompt
+from dreamserve.engine.builtin.evaluate import EVAL_SEED, SIZE, grid, probe_prompt
 from dreamserve.engine.builtin.render import SHAPES, SIZES, Obj, Scene
 from dreamserve.engine.builtin.sample import Sampler, SampleSpec
 from dreamserve.engine.builtin.surgery import add_local, add_rope
@@ -81,12 +82,15 @@ def probes(place: str, n: int = 36) -> list[Probe]:
     return [(s.text, s.objs[0].color, s.objs[0].shape, 1000 + i) for i, s in enumerate(specs)]
 
 
-def score(sampler: Sampler, todo: list[Probe]) -> int:
-    """How many probe images hold an object of the asked colour and shape."""
+def score(sampler: Sampler, todo: list[Probe], shots: list[tuple[str, Image.Image]]) -> int:
+    """How many probe images hold an object of the asked colour and shape; each image is
+    appended to `shots` with a label saying which shape was asked and whether it was found."""
     hits = 0
     for prompt, color, shape, seed in todo:
         img = sampler(SampleSpec(prompt, seed, SIZE, SIZE, 2.5, 10), [], lambda: None)
-        hits += any(matches(f, color, shape) for f in find_objects(img, [color]))
+        hit = any(matches(f, color, shape) for f in find_objects(img, [color]))
+        shots.append((f"{color} {shape}: {'found' if hit else 'not found'}", img))
+        hits += hit
     return hits
 
 
@@ -116,10 +120,12 @@ def study(
     log: Callable[[str], None] = print,
     rope: bool = False,
     scratch: int | None = None,
+    out: Path | None = None,
 ) -> list[tuple[int, int, float]]:
     """(step, probe hits, mean loss since the last probe) before training and after each of
     `steps`; `times` (lo, hi): flow times uniform in that range; src: the weights to start
-    from (and the autoencoder and upscaler to draw with); scratch: a new DiT of that width."""
+    from (and the autoencoder and upscaler to draw with); scratch: a new DiT of that width;
+    out: a folder for each probe's images (`<place>-<step>.png`)."""
     models, enc, cfg = weights.load(src), TextEncoder(), TrainConfig()
     dit = _model(models.dit, local, rope, scratch)
     cfg.dit = dit.cfg
@@ -130,7 +136,11 @@ def study(
     losses: list[float] = []
 
     def probe(step: int) -> tuple[int, int, float]:
-        hits = score(Sampler(models.ae, dit.eval(), models.sr, enc), todo)
+        shots: list[tuple[str, Image.Image]] = []
+        hits = score(Sampler(models.ae, dit.eval(), models.sr, enc), todo, shots)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            grid(shots).save(out / f"{place}-{step}.png")
         mean = sum(losses) / max(len(losses), 1)
         took = time.monotonic() - start
         log(f"{place} step {step}: {hits}/{len(todo)}, loss {mean:.4f} ({took:.0f} s)")
@@ -138,7 +148,7 @@ def study(
         losses.clear()
         return step, hits, mean
 
-    out = [probe(0)]
+    rows = [probe(0)]
     for step in range(1, max(steps, default=0) + 1):
         texts, scenes = zip(*(draw(place, rnd) for _ in range(batch)), strict=True)
         with torch.no_grad():
@@ -150,8 +160,8 @@ def study(
         optimize(opt, loss, lr * min(1.0, step / warmup), max_norm=1.0)
         losses.append(loss.item())
         if step in steps:
-            out.append(probe(step))
-    return out
+            rows.append(probe(step))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,17 +173,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", type=Path, default=weights.PACKAGE_WEIGHTS, help="start from")
     p.add_argument("--rope", action="store_true", help="rotary positions (grown or new)")
     p.add_argument("--scratch", type=int, default=None, help="DIM: train a new DiT this wide")
+    p.add_argument("--out", type=Path, default=None, help="write each probe's images here")
+    p.add_argument("--threads", type=int, default=TrainConfig().threads, help="torch threads")
     args = p.parse_args(argv)
     times = None
     if args.times is not None:
         lo, hi = (float(x) for x in args.times.split(","))
         times = (lo, hi)
-    torch.set_num_threads(TrainConfig().threads)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     steps = [int(s) for s in args.steps.split(",")]
     study(
         args.place, steps, args.local, times=times, src=args.weights, rope=args.rope,
-        scratch=args.scratch,
+        scratch=args.scratch, out=args.out,
     )  # fmt: skip
     return 0
 
