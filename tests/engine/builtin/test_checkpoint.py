@@ -1,8 +1,11 @@
 import copy
 from dataclasses import replace
 
+import pytest
+
 from dreamserve.engine.builtin.checkpoint import grow, new_state, resume_config
 from dreamserve.engine.builtin.dit import DiTConfig
+from dreamserve.engine.builtin.train import optimize
 from dreamserve.engine.builtin.train_config import CONFIGS
 
 
@@ -50,6 +53,12 @@ def test_growing_adds_rotary_positions_and_never_removes_what_a_model_has() -> N
     state = grow(new_state(have), want)
     assert state.cfg.dit.rope and state.dit.cfg.rope and state.ema.cfg.rope
     assert all(b.attn.rope_gain is not None for b in state.ema.blocks)
+    # The gains, grown at zero, train at 10x the learning rate and without weight decay.
+    gains = {id(b.attn.rope_gain) for b in state.dit.blocks}
+    rest, fast = state.opt_dit.param_groups
+    assert {id(p) for p in fast["params"]} == gains and not gains & {id(p) for p in rest["params"]}
+    optimize(state.opt_dit, sum(p.sum() for p in state.dit.parameters()), 1e-4)
+    assert (rest["lr"], fast["lr"], fast["weight_decay"]) == (1e-4, pytest.approx(1e-3), 0.0)
     # A config without convolutions or rotary positions leaves a model that has them as it is
     # (it used to raise "the model already has 3x3 convolutions").
     plain = replace(copy.deepcopy(CONFIGS["tiny"]), dit=fine)
