@@ -6,7 +6,9 @@ batches (text-to-image, edit and reference, the default config's sizes and mix) 
 `train.dit_step` (image encoder, DiT forward and backward, AdamW, EMA) with bf16 off and on,
 in alternating slices so that load drifting on a shared machine hits both alike. Rendering is
 left out: it is the same in both modes. A third mode, bf16 with the blocks' local
-convolutions (dit.Block) taken out, prices those. Also reports the fp32 and bf16 matmul peaks.
+convolutions (dit.Block) taken out, prices those, and the shipped model grown to the default
+config's rotary positions (checkpoint.grow, what the next `train --resume` trains) prices
+those. Also reports the fp32 and bf16 matmul peaks.
 Writes "## Training throughput" in BENCHMARKS.md.
 
     .venv/bin/python -m bench.bench_train [--threads 2] [--batches 6] [--slices 3]
@@ -28,7 +30,7 @@ import torch
 from bench.bench_model import matmul_peak
 from bench.report import write_section
 from dreamserve.engine.builtin import weights
-from dreamserve.engine.builtin.checkpoint import State, from_package, new_state
+from dreamserve.engine.builtin.checkpoint import State, from_package, grow, new_state
 from dreamserve.engine.builtin.data import Pools, build_pools
 from dreamserve.engine.builtin.dit import Block
 from dreamserve.engine.builtin.stream import Rendered, draw
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     rnd = random.Random(0)
     work = [draw(pools, cfg.mix, cfg.batch, rnd) for _ in range(args.batches)]
     modes = [("fp32", state, False)]
+    if not state.dit.cfg.rope:
+        modes.append(("fp32, rotary positions", grow(copy.deepcopy(state), cfg), False))
     if cpu_has_bf16():
         plain = copy.deepcopy(state)
         for block in [*plain.dit.blocks, *plain.ema.blocks]:
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.slices} alternating slices, torch {torch.__version__} on {args.threads} threads "
         f"of {os.cpu_count()} CPUs. Matmul peaks in the same run (2048^3): fp32 "
         f"{peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s ({peak16 / peak32:.1f}x)"
-        + ("" if len(modes) > 1 else "; this CPU lacks AMX/AVX512-BF16, so only fp32 ran")
+        + ("" if cpu_has_bf16() else "; this CPU lacks AMX/AVX512-BF16, so only fp32 ran")
         + ".\n\n"
         + "\n".join(rows)
         + "\n\nRerun: `.venv/bin/python -m bench.bench_train`."

@@ -127,11 +127,21 @@ def train(
     config: Annotated[str, typer.Option(help="Named training config.")] = "default",
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = True,
     max_minutes: Annotated[float | None, typer.Option(help="Stop after this long.")] = None,
+    new_dit: Annotated[
+        bool,
+        typer.Option(
+            "--new-dit",
+            help="Keep the autoencoder and upscaler (checkpoint or shipped); new transformer.",
+        ),
+    ] = False,
 ) -> None:
     """Train the built-in model (resumable; checkpoints carry their config)."""
     from dreamserve.engine.builtin.train import main as train_main
 
-    raise typer.Exit(train_main(out=out, config=config, resume=resume, max_minutes=max_minutes))
+    code = train_main(
+        out=out, config=config, resume=resume, max_minutes=max_minutes, fresh_dit=new_dit
+    )
+    raise typer.Exit(code)
 
 
 @app.command("eval")

@@ -177,6 +177,25 @@ def grow(state: State, want: TrainConfig) -> State:
     return state
 
 
+def new_dit(state: State, want: TrainConfig) -> State:
+    """Keep the autoencoder and upscaler, start a new transformer of `want`'s config.
+
+    For a model whose position machinery cannot be grown usefully onto the old one: a DiT
+    trained from scratch with rotary positions drew shapes that a grown one did not
+    (MODEL_CARD.md, session 7). The step counter and the training time restart with it, so
+    the exported provenance describes the new transformer (the card keeps the autoencoder's
+    and upscaler's own times).
+    """
+    torch.manual_seed(want.seed)
+    dev = torch.device(state.cfg.device)
+    state.cfg.dit = copy.deepcopy(want.dit)
+    state.dit = DiT(state.cfg.dit).to(dev)
+    state.ema = copy.deepcopy(state.dit).requires_grad_(False)
+    state.opt_dit = _dit_optimizer(state.dit, state.cfg)
+    state.dit_step, state.seconds = 0, 0.0
+    return state
+
+
 def provenance(state: State) -> dict[str, Any]:
     try:
         commit = subprocess.run(

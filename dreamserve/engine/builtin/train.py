@@ -22,7 +22,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dreamserve.engine.builtin import weights
-from dreamserve.engine.builtin.checkpoint import State, from_package, grow, load, new_state, save
+from dreamserve.engine.builtin.checkpoint import (
+    State,
+    from_package,
+    grow,
+    load,
+    new_dit,
+    new_state,
+    save,
+)
 from dreamserve.engine.builtin.data import Pools, build_pools, render_batch, sample_batch
 from dreamserve.engine.builtin.dit import DiT, shift_time
 from dreamserve.engine.builtin.stream import Rendered, batches
@@ -300,8 +308,14 @@ def run(state: State, out: Path, max_minutes: float | None, log: Log = print) ->
 
 
 def main(
-    out: Path, config: str = "default", resume: bool = False, max_minutes: float | None = None
+    out: Path,
+    config: str = "default",
+    resume: bool = False,
+    max_minutes: float | None = None,
+    fresh_dit: bool = False,
 ) -> int:
+    """`fresh_dit`: keep the autoencoder and upscaler that resuming would (out/ckpt.pt, else
+    the shipped ones) and train a new transformer (checkpoint.new_dit)."""
     if config not in CONFIGS:
         print(f"unknown config {config!r}; choose one of {', '.join(CONFIGS)}")
         return 2
@@ -311,12 +325,13 @@ def main(
         return 2
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "ckpt.pt"
-    if resume and ckpt.exists():
-        state = grow(load(ckpt, want), want)
-    elif resume and weights.available():
-        state = grow(from_package(want), want)
+    if (resume or fresh_dit) and ckpt.exists():
+        state = load(ckpt, want)
+    elif (resume or fresh_dit) and weights.available():
+        state = from_package(want)
     else:
         state = new_state(want)
+    state = new_dit(state, want) if fresh_dit else grow(state, want)
     (out / "config.json").write_text(json.dumps(asdict(state.cfg), indent=2) + "\n")
 
     def log(msg: str) -> None:

@@ -67,6 +67,32 @@ def test_resume_without_a_checkpoint_continues_from_shipped_weights(
     assert state.dit_step == 11 + 4 and state.seconds >= 5.0
 
 
+@pytest.mark.slow
+def test_a_new_transformer_keeps_the_shipped_autoencoder_and_upscaler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pkg = tmp_path / "pkg"
+    tiny = checkpoint.new_state(copy.deepcopy(CONFIGS["tiny"]))
+    with torch.no_grad():
+        for p in tiny.ema.parameters():
+            p.fill_(0.5)  # nothing a new transformer would start from
+    meta = {"ae_steps": 7, "sr_steps": 3, "dit_steps": 11, "train_seconds": 5.0}
+    weights.export(weights.Models(tiny.ae, tiny.ema, tiny.sr, meta), pkg)
+    monkeypatch.setattr(weights, "PACKAGE_WEIGHTS", pkg)
+    monkeypatch.setattr(weights.load, "__defaults__", (pkg,))
+    monkeypatch.setattr(weights.available, "__defaults__", (pkg,))
+    out = tmp_path / "run"
+    assert train.main(out=out, config="tiny", fresh_dit=True) == 0
+    state = checkpoint.load(out / "ckpt.pt")
+    assert state.ae_step == 7 and state.sr_step == 3  # kept, not retrained
+    shipped_ae = weights.load(pkg).ae.state_dict()
+    assert all(
+        torch.allclose(v, shipped_ae[k], atol=1e-3) for k, v in state.ae.state_dict().items()
+    )
+    assert state.dit_step == 4 and state.seconds < 5.0  # the transformer's own count and time
+    assert not any((p == 0.5).all() for p in state.dit.parameters())
+
+
 def test_a_gpu_config_without_a_gpu_is_refused_with_the_reason(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
