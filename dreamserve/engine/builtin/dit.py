@@ -28,6 +28,13 @@ Local convolutions (`local`, from session 6): a 3x3 depthwise convolution over t
 tokens inside every block's MLP (SANA's Mix-FFN). A shape is drawn *around* an object that
 may sit anywhere, so each token needs its offset from the object's other tokens; with only
 absolute position embeddings attention must learn that for every place separately.
+
+Rotary positions (`rope`, from session 7): queries and keys are turned by 2D rotary angles of
+each image token's fractional position (text tokens sit at the origin, unturned), so a score
+between two image tokens depends on their offset and what a token learns about its
+neighbours holds wherever it sits. From scratch on one-object scenes this is what let a small
+DiT draw shapes anywhere; grown onto a model without it (at gain 0) it barely switched on
+(MODEL_CARD.md, "Session 7").
 """
 
 from __future__ import annotations
@@ -285,6 +292,12 @@ class DiT(nn.Module):
         pos = grid_pos_embedding(gh, gw, self.cfg.dim).to(tok.device, tok.dtype)
         return tok + pos[None] + self.image_id.weight[index][None, None]
 
+    def _rope_angles(self, text_len: int, grids: list[tuple[int, int]]) -> torch.Tensor:
+        """(N, head_dim / 2) rotary angles of the sequence: text tokens at the origin (never
+        turned), then each image's tokens at their fractional positions, in sequence order."""
+        pos = [torch.zeros(text_len, 2)] + [grid_positions(gh, gw) for gh, gw in grids]
+        return rope_angles(torch.cat(pos), self.cfg.dim // self.cfg.heads)
+
     def forward(
         self,
         x: torch.Tensor,  # (B, C, gh, gw) noisy target latents
@@ -305,19 +318,15 @@ class DiT(nn.Module):
 
         seq = [self.text_in(text)]  # (B, L, D)
         masks = [text_mask]
-        pos = [torch.zeros(text.shape[1], 2)]  # text tokens sit at the origin: never rotated
         for i, r in enumerate(refs):
             seq.append(self._image_tokens(r, i + 1))  # (B, gh'*gw', D)
             masks.append(torch.ones(B, r.shape[2] * r.shape[3], dtype=torch.bool, device=x.device))
-            pos.append(grid_positions(r.shape[2], r.shape[3]))
         seq.append(self._image_tokens(x, 0, base))  # (B, gh*gw, D), always last
         masks.append(torch.ones(B, gh * gw, dtype=torch.bool, device=x.device))
-        pos.append(grid_positions(gh, gw))
         h = torch.cat(seq, dim=1)  # (B, N, D)
         attn_mask = torch.cat(masks, dim=1)[:, None, None, :]  # (B, 1, 1, N)
-        rope = None
-        if self.cfg.rope:
-            rope = rope_angles(torch.cat(pos), self.cfg.dim // self.cfg.heads).to(x.device)
+        grids = [(r.shape[2], r.shape[3]) for r in refs] + [(gh, gw)]
+        rope = self._rope_angles(text.shape[1], grids).to(x.device) if self.cfg.rope else None
 
         for block in self.blocks:
             h = block(h, c, attn_mask, (gh, gw), rope)
