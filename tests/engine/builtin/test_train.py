@@ -47,18 +47,32 @@ def test_resuming_a_model_from_before_the_copy_path_grows_it(tmp_path: Path) -> 
     assert grown.dit_step == 4
 
 
-@pytest.mark.slow
-def test_resume_without_a_checkpoint_continues_from_shipped_weights(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A "package" holding a tiny model, so the test stays fast and never touches the real one.
+def _tiny_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dit_value: float | None = None
+) -> Path:
+    """A "package" holding a tiny model, so the tests stay fast and never touch the real one.
+
+    dit_value: fill the transformer's weights with it (something a new one never starts from).
+    """
     pkg = tmp_path / "pkg"
     tiny = checkpoint.new_state(copy.deepcopy(CONFIGS["tiny"]))
+    if dit_value is not None:
+        with torch.no_grad():
+            for p in tiny.ema.parameters():
+                p.fill_(dit_value)
     meta = {"ae_steps": 7, "sr_steps": 3, "dit_steps": 11, "train_seconds": 5.0}
     weights.export(weights.Models(tiny.ae, tiny.ema, tiny.sr, meta), pkg)
     monkeypatch.setattr(weights, "PACKAGE_WEIGHTS", pkg)
     monkeypatch.setattr(weights.load, "__defaults__", (pkg,))
     monkeypatch.setattr(weights.available, "__defaults__", (pkg,))
+    return pkg
+
+
+@pytest.mark.slow
+def test_resume_without_a_checkpoint_continues_from_shipped_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tiny_package(tmp_path, monkeypatch)
     out = tmp_path / "run"
     assert train.main(out=out, config="tiny", resume=True) == 0
     state = checkpoint.load(out / "ckpt.pt")
@@ -71,16 +85,7 @@ def test_resume_without_a_checkpoint_continues_from_shipped_weights(
 def test_a_new_transformer_keeps_the_shipped_autoencoder_and_upscaler(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pkg = tmp_path / "pkg"
-    tiny = checkpoint.new_state(copy.deepcopy(CONFIGS["tiny"]))
-    with torch.no_grad():
-        for p in tiny.ema.parameters():
-            p.fill_(0.5)  # nothing a new transformer would start from
-    meta = {"ae_steps": 7, "sr_steps": 3, "dit_steps": 11, "train_seconds": 5.0}
-    weights.export(weights.Models(tiny.ae, tiny.ema, tiny.sr, meta), pkg)
-    monkeypatch.setattr(weights, "PACKAGE_WEIGHTS", pkg)
-    monkeypatch.setattr(weights.load, "__defaults__", (pkg,))
-    monkeypatch.setattr(weights.available, "__defaults__", (pkg,))
+    pkg = _tiny_package(tmp_path, monkeypatch, dit_value=0.5)
     out = tmp_path / "run"
     assert train.main(out=out, config="tiny", fresh_dit=True) == 0
     state = checkpoint.load(out / "ckpt.pt")
