@@ -180,9 +180,10 @@ def grow(state: State, want: TrainConfig) -> State:
 def new_dit(state: State, want: TrainConfig) -> State:
     """Keep the autoencoder and upscaler, start a new transformer of `want`'s config.
 
-    For a model whose position machinery cannot be grown usefully onto the old one: a DiT
-    trained from scratch with rotary positions drew shapes that a grown one did not
-    (MODEL_CARD.md, session 7). The step counter and the training time restart with it, so
+    For position machinery that is better learned from the start: a DiT trained from scratch
+    with rotary positions drew shapes that one without them did not, while rotary gains grown
+    onto the shipped model at 0 had not switched on after 150 steps (MODEL_CARD.md, session 7).
+    The step counter and the training time restart with it, so
     the exported provenance describes the new transformer (the card keeps the autoencoder's
     and upscaler's own times).
     """

@@ -33,8 +33,8 @@ Rotary positions (`rope`, from session 7): queries and keys are turned by 2D rot
 each image token's fractional position (text tokens sit at the origin, unturned), so a score
 between two image tokens depends on their offset and what a token learns about its
 neighbours holds wherever it sits. From scratch on one-object scenes this is what let a small
-DiT draw shapes anywhere; grown onto a model without it (at gain 0) it barely switched on
-(MODEL_CARD.md, "Session 7").
+DiT draw shapes anywhere; grown onto the shipped model (at gain 0) it had not switched on
+after 150 steps (MODEL_CARD.md, "Session 7").
 """
 
 from __future__ import annotations
