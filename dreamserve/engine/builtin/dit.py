@@ -71,8 +71,8 @@ class Attention(nn.Module):
         B, N, D = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         if rope is not None and self.rope_gain is not None:
-            angles = self.rope_gain[:, None, None] * rope  # (H, N, head_dim / 2)
-            q, k = rotate(q, angles), rotate(k, angles)
+            turn = cos_sin(self.rope_gain[:, None, None] * rope, q.dtype)  # (H, N, head_dim/2)
+            q, k = rotate(q, turn), rotate(k, turn)
         # mask: (B, 1, 1, N) True = attend; padding text tokens are never attended to.
         if q.dtype == torch.bfloat16 and q.device.type == "cpu":
             y = _matmul_attention(q, k, v, mask)
@@ -108,9 +108,15 @@ def rope_angles(pos: torch.Tensor, head_dim: int) -> torch.Tensor:
     return torch.cat([pos[:, :1] * freqs, pos[:, 1:] * freqs], dim=1)
 
 
-def rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, N, head_dim) queries or keys pairwise by `angles` ((H or 1), N, head_dim/2)."""
-    cos, sin = torch.cos(angles).to(x.dtype), torch.sin(angles).to(x.dtype)
+def cos_sin(angles: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cosines and sines `rotate` turns by, computed once for both queries and keys."""
+    return torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
+
+
+def rotate(x: torch.Tensor, turn: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate (B, H, N, head_dim) queries or keys pairwise by `turn` = `cos_sin` of angles
+    ((H or 1), N, head_dim / 2)."""
+    cos, sin = turn
     a, b = x[..., 0::2], x[..., 1::2]  # (B, H, N, head_dim / 2)
     return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
 

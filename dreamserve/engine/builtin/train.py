@@ -325,9 +325,10 @@ def main(
         return 2
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "ckpt.pt"
-    if (resume or fresh_dit) and ckpt.exists():
+    reuse = resume or fresh_dit  # a new transformer still reuses the autoencoder and upscaler
+    if reuse and ckpt.exists():
         state = load(ckpt, want)
-    elif (resume or fresh_dit) and weights.available():
+    elif reuse and weights.available():
         state = from_package(want)
     else:
         state = new_state(want)

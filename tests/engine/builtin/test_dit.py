@@ -4,6 +4,7 @@ from dreamserve.engine.builtin.dit import (
     DiT,
     DiTConfig,
     _matmul_attention,
+    cos_sin,
     from_fine,
     grid_positions,
     rope_angles,
@@ -113,8 +114,8 @@ def test_rotary_scores_depend_only_on_the_offset_between_tokens() -> None:
     q, k = torch.randn(1, 1, 1, 16, generator=g), torch.randn(1, 1, 1, 16, generator=g)
 
     def score(p: tuple[float, float], p2: tuple[float, float]) -> float:
-        rq = rotate(q, rope_angles(torch.tensor([p]), 16))
-        rk = rotate(k, rope_angles(torch.tensor([p2]), 16))
+        rq = rotate(q, cos_sin(rope_angles(torch.tensor([p]), 16), q.dtype))
+        rk = rotate(k, cos_sin(rope_angles(torch.tensor([p2]), 16), k.dtype))
         return float((rq * rk).sum())
 
     base = score((1.25, 2.75), (2.0, 3.5))
@@ -125,7 +126,7 @@ def test_rotary_scores_depend_only_on_the_offset_between_tokens() -> None:
 def test_rotary_angles_keep_norms_and_leave_text_at_the_origin_unturned() -> None:
     x = torch.randn(2, 2, 5, 16)
     pos = torch.cat([torch.zeros(1, 2), grid_positions(2, 2)])  # a text token, then a 2x2 grid
-    y = rotate(x, rope_angles(pos, 16))
+    y = rotate(x, cos_sin(rope_angles(pos, 16), x.dtype))
     assert torch.allclose(y.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
     assert torch.equal(y[:, :, 0], x[:, :, 0])
     assert not torch.allclose(y[:, :, 1:], x[:, :, 1:])
