@@ -134,12 +134,21 @@ def train(
             help="Keep the autoencoder and upscaler (checkpoint or shipped); new transformer.",
         ),
     ] = False,
+    rope_gain: Annotated[
+        float,
+        typer.Option(help="Where rotary gains grown onto a model without them start (0: off)."),
+    ] = 0.0,
 ) -> None:
     """Train the built-in model (resumable; checkpoints carry their config)."""
     from dreamserve.engine.builtin.train import main as train_main
 
     code = train_main(
-        out=out, config=config, resume=resume, max_minutes=max_minutes, fresh_dit=new_dit
+        out=out,
+        config=config,
+        resume=resume,
+        max_minutes=max_minutes,
+        fresh_dit=new_dit,
+        rope_gain=rope_gain,
     )
     raise typer.Exit(code)
 

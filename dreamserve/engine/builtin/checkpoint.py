@@ -143,7 +143,7 @@ def from_package(want: TrainConfig) -> State:
     return state
 
 
-def grow(state: State, want: TrainConfig) -> State:
+def grow(state: State, want: TrainConfig, rope_gain: float = 0.0) -> State:
     """Bring a model from an older config up to `want`: time shift, copy path, fine tokens,
     local convolutions, rotary positions.
 
@@ -152,6 +152,7 @@ def grow(state: State, want: TrainConfig) -> State:
     model is split into `want`'s fine tokens, and one without local convolutions or rotary
     positions gains them (surgery.py: each starts from the old function). What a model has and
     `want` lacks, it keeps: growing never removes what was trained.
+    Rotary gains grown now start at `rope_gain` (surgery.add_rope: 0 keeps the function).
     The DiT's AdamW moments restart whenever a parameter was added or changed shape.
     """
     for c in (state.cfg.dit, state.dit.cfg, state.ema.cfg):
@@ -167,7 +168,7 @@ def grow(state: State, want: TrainConfig) -> State:
         model = add_copy_path(model.cpu()) if copy_path else model.cpu()
         model = split_tokens(model, want.dit.split)
         model = add_local(model, want.dit.local) if local else model
-        return add_rope(model) if rope else model
+        return add_rope(model, rope_gain) if rope else model
 
     dev = torch.device(state.cfg.device)
     state.dit = grown(state.dit).to(dev)

@@ -20,7 +20,8 @@ drawn uniformly from [LO, HI] instead of the config's shifted logit-normal ones.
 with `--local` and `--rope` choosing its position machinery, at learning rate 1e-3: two runs
 that differ in one flag see the same batches, flow times and noise, so their logged losses
 compare step by step (how rotary positions were chosen, MODEL_CARD.md). On the shipped model
-`--rope` grows rotary positions onto it first (surgery.add_rope).
+`--rope` grows rotary positions onto it first (surgery.add_rope), their gains at
+`--rope-gain` (0: the shipped function; 1: on from the first step).
 """
 
 from __future__ import annotations
@@ -102,11 +103,11 @@ def scratch_config(dim: int, local: int, rope: bool) -> DiTConfig:
     )  # fmt: skip
 
 
-def _model(shipped: DiT, local: int, rope: bool, scratch: int | None) -> DiT:
+def _model(shipped: DiT, local: int, rope: bool, scratch: int | None, gain: float) -> DiT:
     if scratch is not None:
         return DiT(scratch_config(scratch, local, rope))
     dit = add_local(shipped, local) if local else shipped
-    return add_rope(dit) if rope else dit
+    return add_rope(dit, gain) if rope else dit
 
 
 def study(
@@ -121,13 +122,15 @@ def study(
     rope: bool = False,
     scratch: int | None = None,
     out: Path | None = None,
+    rope_gain: float = 0.0,
 ) -> list[tuple[int, int, float]]:
     """(step, probe hits, mean loss since the last probe) before training and after each of
     `steps`; `times` (lo, hi): flow times uniform in that range; src: the weights to start
     from (and the autoencoder and upscaler to draw with); scratch: a new DiT of that width;
-    out: a folder for each probe's images (`<place>-<step>.png`)."""
+    out: a folder for each probe's images (`<place>-<step>.png`); rope_gain: where rotary
+    gains grown onto the shipped model start."""
     models, enc, cfg = weights.load(src), TextEncoder(), TrainConfig()
-    dit = _model(models.dit, local, rope, scratch)
+    dit = _model(models.dit, local, rope, scratch, rope_gain)
     cfg.dit = dit.cfg
     lr, warmup = (cfg.lr, 20) if scratch is None else (1e-3, 50)
     torch.manual_seed(0)  # after building: same batches' noise and times, whatever the model
@@ -172,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--times", default=None, help="LO,HI: train on flow times uniform in it")
     p.add_argument("--weights", type=Path, default=weights.PACKAGE_WEIGHTS, help="start from")
     p.add_argument("--rope", action="store_true", help="rotary positions (grown or new)")
+    p.add_argument("--rope-gain", type=float, default=0.0, help="grown rotary gains start")
     p.add_argument("--scratch", type=int, default=None, help="DIM: train a new DiT this wide")
     p.add_argument("--out", type=Path, default=None, help="write each probe's images here")
     p.add_argument("--threads", type=int, default=TrainConfig().threads, help="torch threads")
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = [int(s) for s in args.steps.split(",")]
     study(
         args.place, steps, args.local, times=times, src=args.weights, rope=args.rope,
-        scratch=args.scratch, out=args.out,
+        scratch=args.scratch, out=args.out, rope_gain=args.rope_gain,
     )  # fmt: skip
     return 0
 

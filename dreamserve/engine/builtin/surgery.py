@@ -76,11 +76,13 @@ def add_local(old: DiT, kernel: int) -> DiT:
     return new
 
 
-def add_rope(old: DiT) -> DiT:
-    """A DiT with rotary positions in attention (DiTConfig.rope), computing what `old` computes.
+def add_rope(old: DiT, gain: float = 0.0) -> DiT:
+    """A DiT with rotary positions in attention (DiTConfig.rope); everything else is loaded.
 
-    Every head's rotary gain starts at zero, so no query or key is turned until training turns
-    them; everything else is loaded.
+    At `gain` 0 every head's rotary gain starts at zero, so the new model computes what `old`
+    computes and no query or key is turned until training turns them. Grown at zero they had
+    not switched on after 150 steps (MODEL_CARD.md, session 7); at 1 they are on from the first
+    step, as in a new model, and the rest of the trained model is kept.
     """
     if old.cfg.rope:
         return old
@@ -90,5 +92,5 @@ def add_rope(old: DiT) -> DiT:
     with torch.no_grad():
         for name, p in new.named_parameters():
             if name.endswith(".rope_gain"):
-                p.zero_()
+                p.fill_(gain)
     return new

@@ -313,9 +313,11 @@ def main(
     resume: bool = False,
     max_minutes: float | None = None,
     fresh_dit: bool = False,
+    rope_gain: float = 0.0,
 ) -> int:
     """`fresh_dit`: keep the autoencoder and upscaler that resuming would (out/ckpt.pt, else
-    the shipped ones) and train a new transformer (checkpoint.new_dit)."""
+    the shipped ones) and train a new transformer (checkpoint.new_dit). `rope_gain`: where
+    rotary gains grown onto a model without them start (checkpoint.grow)."""
     if config not in CONFIGS:
         print(f"unknown config {config!r}; choose one of {', '.join(CONFIGS)}")
         return 2
@@ -332,7 +334,7 @@ def main(
         state = from_package(want)
     else:
         state = new_state(want)
-    state = new_dit(state, want) if fresh_dit else grow(state, want)
+    state = new_dit(state, want) if fresh_dit else grow(state, want, rope_gain)
     (out / "config.json").write_text(json.dumps(asdict(state.cfg), indent=2) + "\n")
 
     def log(msg: str) -> None:

@@ -63,3 +63,13 @@ def test_growing_adds_rotary_positions_and_never_removes_what_a_model_has() -> N
     # (it used to raise "the model already has 3x3 convolutions").
     plain = replace(copy.deepcopy(CONFIGS["tiny"]), dit=fine)
     assert grow(state, plain) is state and state.dit.cfg.local == 3 and state.dit.cfg.rope
+
+
+def test_rotary_gains_grown_at_a_chosen_gain_start_there_in_the_model_and_its_ema() -> None:
+    fine = DiTConfig(latent_ch=16, patch=4, dim=32, depth=2, heads=2, mlp_ratio=2.0, split=2)
+    have = replace(copy.deepcopy(CONFIGS["tiny"]), dit=fine)
+    want = replace(copy.deepcopy(CONFIGS["tiny"]), dit=replace(fine, rope=True))
+    state = grow(new_state(have), want, rope_gain=1.0)
+    for model in (state.dit, state.ema):
+        gains = [b.attn.rope_gain for b in model.blocks]
+        assert all(g is not None and bool((g == 1.0).all()) for g in gains)

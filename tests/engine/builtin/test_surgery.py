@@ -126,3 +126,17 @@ def test_adding_rotary_positions_keeps_the_function_and_their_gains_then_train()
     gain = new.blocks[0].attn.rope_gain
     assert gain is not None and gain.grad is not None and gain.grad.abs().sum() > 0
     assert add_rope(new) is new
+
+
+def test_rotary_positions_grown_at_gain_one_are_on_and_keep_the_other_weights() -> None:
+    torch.manual_seed(0)
+    old = _perturb(split_tokens(DiT(CELLS), 2))
+    new = add_rope(old, gain=1.0).eval()
+    gains = [b.attn.rope_gain for b in new.blocks]
+    assert all(g is not None and torch.equal(g, torch.ones_like(g)) for g in gains)
+    kept = {k: v for k, v in new.state_dict().items() if not k.endswith(".rope_gain")}
+    assert all(torch.equal(v, old.state_dict()[k]) for k, v in kept.items())
+    t, text, mask = _text()
+    x = torch.randn(2, 16, 3, 5)
+    with torch.no_grad():
+        assert not torch.allclose(old(x, t, text, mask), new(x, t, text, mask), atol=1e-4)
