@@ -19,7 +19,13 @@ import torch
 from dreamserve.engine.builtin import weights
 from dreamserve.engine.builtin.autoencoder import AEConfig, AutoEncoder
 from dreamserve.engine.builtin.dit import DiT
-from dreamserve.engine.builtin.surgery import add_copy_path, add_local, add_rope, split_tokens
+from dreamserve.engine.builtin.surgery import (
+    add_copy_path,
+    add_local,
+    add_rope,
+    split_tokens,
+    unturn_pairs,
+)
 from dreamserve.engine.builtin.train_config import TrainConfig
 from dreamserve.engine.builtin.upscaler import Upscaler
 
@@ -152,7 +158,8 @@ def grow(state: State, want: TrainConfig, rope_gain: float = 0.0) -> State:
     model is split into `want`'s fine tokens, and one without local convolutions or rotary
     positions gains them (surgery.py: each starts from the old function). What a model has and
     `want` lacks, it keeps: growing never removes what was trained.
-    Rotary gains grown now start at `rope_gain` (surgery.add_rope: 0 keeps the function).
+    Rotary gains grown now start at `rope_gain` (surgery.add_rope: 0 keeps the function), and
+    a rotary model takes `want`'s share of unturned pairs (surgery.unturn_pairs).
     The DiT's AdamW moments restart whenever a parameter was added or changed shape.
     """
     for c in (state.cfg.dit, state.dit.cfg, state.ema.cfg):
@@ -161,14 +168,16 @@ def grow(state: State, want: TrainConfig, rope_gain: float = 0.0) -> State:
     copy_path = want.dit.copy_input and not have.copy_input
     local = bool(want.dit.local) and not have.local
     rope = want.dit.rope and not have.rope
-    if not (copy_path or local or rope) and want.dit.split == have.split:
+    unturn = want.dit.rope and want.dit.rope_unturned != have.rope_unturned
+    if not (copy_path or local or rope or unturn) and want.dit.split == have.split:
         return state
 
     def grown(model: DiT) -> DiT:
         model = add_copy_path(model.cpu()) if copy_path else model.cpu()
         model = split_tokens(model, want.dit.split)
         model = add_local(model, want.dit.local) if local else model
-        return add_rope(model, rope_gain) if rope else model
+        model = add_rope(model, rope_gain) if rope else model
+        return unturn_pairs(model, want.dit.rope_unturned) if unturn else model
 
     dev = torch.device(state.cfg.device)
     state.dit = grown(state.dit).to(dev)

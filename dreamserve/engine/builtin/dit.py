@@ -35,6 +35,16 @@ between two image tokens depends on their offset and what a token learns about i
 neighbours holds wherever it sits. From scratch on one-object scenes this is what let a small
 DiT draw shapes anywhere; grown onto the shipped model (at gain 0) it had not switched on
 after 150 steps (MODEL_CARD.md, "Session 7").
+
+Unturned pairs (`rope_unturned`, from session 8): with every pair turned, no part of a query
+matches a key the same way everywhere. A text key sits at the origin, so an image query's
+score against the word "star" changed with the query's place in every pair (even the longest
+wavelength, 32 cells, turns a quarter circle across the 8-cell frame), and so did its score
+against the same object in a reference image at another place. Leaving the long-wavelength
+half of the pairs unturned (as FLUX leaves its id axis, and its long wavelengths barely turn)
+keeps a place-free channel for words and for content, and offsets for local drawing in the
+short-wavelength half. Where a token is in absolute terms still comes from the added
+embedding.
 """
 
 from __future__ import annotations
@@ -96,15 +106,17 @@ def _matmul_attention(
     return scores.float().softmax(-1).to(v.dtype) @ v  # (B, H, N, D/H)
 
 
-def rope_angles(pos: torch.Tensor, head_dim: int) -> torch.Tensor:
+def rope_angles(pos: torch.Tensor, head_dim: int, unturned: float = 0.0) -> torch.Tensor:
     """(N, head_dim / 2) 2D rotary angles for tokens at `pos` (N, 2) = (x, y) in the 0..8
     frame of `grid_pos_embedding`: half the rotated pairs turn with x, half with y, at
     wavelengths from one cell (2 fine tokens) to 32 cells. A token at (0, 0) (every text
-    token) is not rotated.
+    token) is not rotated. `unturned`: the share of each axis's pairs, the longest
+    wavelengths, left unturned everywhere (DiTConfig.rope_unturned).
     """
     pairs = head_dim // 4  # per axis
     wavelength = 32.0 ** (torch.arange(pairs, dtype=torch.float32) / max(pairs - 1, 1))
-    freqs = 2 * math.pi / wavelength  # (pairs,)
+    freqs = 2 * math.pi / wavelength  # (pairs,), shortest wavelength first
+    freqs[pairs - round(unturned * pairs) :] = 0.0
     return torch.cat([pos[:, :1] * freqs, pos[:, 1:] * freqs], dim=1)
 
 
@@ -226,6 +238,7 @@ class DiTConfig:
     split: int = 1  # target tokens per cell side (module docstring: fine tokens)
     local: int = 0  # kernel of the depthwise convolution over target tokens per block (Block)
     rope: bool = False  # 2D rotary positions in attention (module docstring)
+    rope_unturned: float = 0.0  # share of rotary pairs never turned (module docstring)
 
     @property
     def token_ch(self) -> int:
@@ -240,6 +253,7 @@ class DiTConfig:
         # Configs written before the copy path (or the local convolutions) existed describe a
         # model without it.
         old = {"copy_input": False, "time_shift": 1.5, "local": 0, "rope": False}
+        old |= {"rope_unturned": 0.0}
         return cls(**(old | d))  # type: ignore[arg-type]
 
 
@@ -302,7 +316,7 @@ class DiT(nn.Module):
         """(N, head_dim / 2) rotary angles of the sequence: text tokens at the origin (never
         turned), then each image's tokens at their fractional positions, in sequence order."""
         pos = [torch.zeros(text_len, 2)] + [grid_positions(gh, gw) for gh, gw in grids]
-        return rope_angles(torch.cat(pos), self.cfg.dim // self.cfg.heads)
+        return rope_angles(torch.cat(pos), self.cfg.dim // self.cfg.heads, self.cfg.rope_unturned)
 
     def forward(
         self,

@@ -94,3 +94,12 @@ def add_rope(old: DiT, gain: float = 0.0) -> DiT:
             if name.endswith(".rope_gain"):
                 p.fill_(gain)
     return new
+
+
+def unturn_pairs(model: DiT, share: float) -> DiT:
+    """`model` with the longest-wavelength `share` of its rotary pairs left unturned
+    (DiTConfig.rope_unturned). No weight changes: those pairs of every query and key stop
+    turning with position, so the function changes where they had turned, and training goes
+    on from there."""
+    model.cfg = replace(model.cfg, rope_unturned=share)
+    return model

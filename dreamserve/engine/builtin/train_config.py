@@ -16,8 +16,11 @@ class TrainConfig:
     ae: AEConfig = field(default_factory=AEConfig)
     # Fine tokens (dit.py): the shipped one-token-per-cell model drew one blob for every shape.
     # Local convolutions (dit.Block) and rotary positions (dit.Attention): drawing a shape
-    # wherever its object is (MODEL_CARD.md).
-    dit: DiTConfig = field(default_factory=lambda: DiTConfig(split=2, local=3, rope=True))
+    # wherever its object is (MODEL_CARD.md); half the rotary pairs unturned, a place-free
+    # channel for words and content (dit module docstring).
+    dit: DiTConfig = field(
+        default_factory=lambda: DiTConfig(split=2, local=3, rope=True, rope_unturned=0.5)
+    )
     ae_minutes: float = 8.0
     ae_batch: int = 24
     ae_lr: float = 2e-3

@@ -73,3 +73,14 @@ def test_rotary_gains_grown_at_a_chosen_gain_start_there_in_the_model_and_its_em
     for model in (state.dit, state.ema):
         gains = [b.attn.rope_gain for b in model.blocks]
         assert all(g is not None and bool((g == 1.0).all()) for g in gains)
+
+
+def test_growing_leaves_the_configs_share_of_rotary_pairs_unturned() -> None:
+    fine = DiTConfig(latent_ch=16, patch=4, dim=32, depth=2, heads=2, mlp_ratio=2.0, split=2)
+    turned = replace(copy.deepcopy(CONFIGS["tiny"]), dit=replace(fine, rope=True))
+    want = replace(copy.deepcopy(CONFIGS["tiny"]), dit=replace(fine, rope=True, rope_unturned=0.5))
+    for have in (replace(copy.deepcopy(CONFIGS["tiny"]), dit=fine), turned):  # grown; rotary
+        state = grow(new_state(have), want)
+        cfgs = (state.cfg.dit, state.dit.cfg, state.ema.cfg)
+        assert all(c.rope and c.rope_unturned == 0.5 for c in cfgs)
+        assert grow(state, want) is state

@@ -147,3 +147,19 @@ def test_a_rotary_model_runs_with_references_and_at_zero_gain_is_the_flat_model(
         assert not torch.allclose(v, flat(x, t, text, mask, refs))
         model.blocks[0].attn.rope_gain.zero_()  # how surgery.add_rope grows it
         assert torch.allclose(model(x, t, text, mask, refs), flat(x, t, text, mask, refs))
+
+
+def test_unturned_rotary_pairs_are_the_longest_wavelengths_and_match_the_same_everywhere() -> None:
+    pos = grid_positions(3, 3)
+    angles = rope_angles(pos, 32, unturned=0.5)  # 8 pairs per axis: x's 0-7, then y's 8-15
+    for axis in (slice(0, 8), slice(8, 16)):
+        a = angles[:, axis]
+        assert (a[:, :4] != 0).any(dim=0).all()  # the four shortest wavelengths turn
+        assert torch.equal(a[:, 4:], torch.zeros_like(a[:, 4:]))  # the four longest do not
+    # A query's score against an unturned key (a text token at the origin) through the
+    # unturned pairs is the same wherever the query is.
+    q, k = torch.randn(1, 1, 1, 32), torch.randn(1, 1, 1, 32)
+    scores = rotate(q.expand(1, 1, 9, 32), cos_sin(angles, q.dtype)) * k
+    free = torch.cat([scores[..., 8:16], scores[..., 24:32]], dim=-1).sum(-1)  # pairs 4-7, 12-15
+    assert torch.allclose(free, free[..., :1].expand_as(free), atol=1e-5)
+    assert torch.equal(rope_angles(pos, 32, unturned=1.0), torch.zeros(9, 16))
