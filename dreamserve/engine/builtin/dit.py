@@ -33,8 +33,9 @@ Rotary positions (`rope`, from session 7): queries and keys are turned by 2D rot
 each image token's fractional position (text tokens sit at the origin, unturned), so a score
 between two image tokens depends on their offset and what a token learns about its
 neighbours holds wherever it sits. From scratch on one-object scenes this is what let a small
-DiT draw shapes anywhere; grown onto the shipped model (at gain 0) it had not switched on
-after 150 steps (MODEL_CARD.md, "Session 7").
+DiT draw shapes anywhere; grown onto a trained model at gain 0 it had not switched on after
+150 steps (session 7), grown at gain 1 it doubled the shipped model's colour+shape score
+(session 8; MODEL_CARD.md).
 
 Unturned pairs (`rope_unturned`, from session 8): with every pair turned, no part of a query
 matches a key the same way everywhere. A text key sits at the origin, so an image query's
@@ -71,8 +72,8 @@ class Attention(nn.Module):
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        # Per head, how fast the rotary angles turn with position: 1 in a new model, 0 in one
-        # grown from a model without them (surgery.add_rope), which then computes as before.
+        # Per head, how fast the rotary angles turn with position: 1 in a new model; in one
+        # grown from a model without them, what surgery.add_rope is given (0 computes as before).
         self.rope_gain = nn.Parameter(torch.ones(heads)) if rope else None
 
     def forward(
