@@ -251,10 +251,15 @@ class DiTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> DiTConfig:
-        # Configs written before the copy path (or the local convolutions) existed describe a
-        # model without it.
-        old = {"copy_input": False, "time_shift": 1.5, "local": 0, "rope": False}
-        old |= {"rope_unturned": 0.0}
+        # Configs written before a field existed describe a model without it: no copy path, no
+        # local convolutions, no rotary positions, every rotary pair turned.
+        old = {
+            "copy_input": False,
+            "time_shift": 1.5,
+            "local": 0,
+            "rope": False,
+            "rope_unturned": 0.0,
+        }
         return cls(**(old | d))  # type: ignore[arg-type]
 
 
