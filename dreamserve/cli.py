@@ -160,11 +160,16 @@ def evaluate(
     ] = None,
     samples: Annotated[int, typer.Option(help="Held-out prompts per category.")] = 50,
     out: Annotated[Path, typer.Option(help="Where the report and grid go.")] = Path("eval"),
+    guidance: Annotated[
+        float | None, typer.Option(help="Classifier-free guidance; defaults to the model's.")
+    ] = None,
 ) -> None:
     """Score the model on held-out prompts with the automatic checker."""
     from dreamserve.engine.builtin.evaluate import main as eval_main
+    from dreamserve.engine.builtin.sample import DEFAULT_GUIDANCE
 
-    raise typer.Exit(eval_main(checkpoint=checkpoint, samples=samples, out=out))
+    g = DEFAULT_GUIDANCE if guidance is None else guidance
+    raise typer.Exit(eval_main(checkpoint=checkpoint, samples=samples, out=out, guidance=g))
 
 
 if __name__ == "__main__":

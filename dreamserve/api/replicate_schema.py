@@ -44,7 +44,8 @@ DESCRIPTIONS = {
     "enhance_prompt": "Enhance the prompt for higher quality results (slower)",
     "seed": "Random seed; the same seed and inputs give the same image. Leave blank for a "
     "random seed",
-    "guidance_scale": "How closely the image follows the prompt",
+    "guidance_scale": "How closely the image follows the prompt (1-10). Leave blank for the "
+    "model's default (4 for the built-in model)",
     "num_outputs": "Number of independent images to generate (when not sequential)",
     "output_format": "Format of the output images",
     "output_quality": "Quality when saving jpg or webp (not relevant for png)",

@@ -35,7 +35,9 @@ def test_types_defaults_and_ranges() -> None:
     assert (props["width"]["minimum"], props["width"]["maximum"]) == (1024, 4096)
     assert props["max_images"]["maximum"] == 15
     assert props["seed"]["type"] == "integer" and "default" not in props["seed"]
-    assert props["guidance_scale"]["type"] == "number"
+    guidance = props["guidance_scale"]
+    assert guidance["type"] == "number" and "default" not in guidance  # the model's own
+    assert (guidance["minimum"], guidance["maximum"]) == (1, 10)
 
 
 def test_enums_are_cog_style_components() -> None:

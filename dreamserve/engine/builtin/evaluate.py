@@ -51,7 +51,7 @@ from dreamserve.engine.builtin.pairs import (
     ref_spec,
 )
 from dreamserve.engine.builtin.render import SHAPES, SIZES, Obj, Scene, object_mask, render
-from dreamserve.engine.builtin.sample import Sampler, SampleSpec
+from dreamserve.engine.builtin.sample import DEFAULT_GUIDANCE, Sampler, SampleSpec
 from dreamserve.engine.builtin.textenc import TextEncoder
 
 EVAL_SEED = 987_654  # never used by training (training pools use TrainConfig.seed)
@@ -140,7 +140,13 @@ def check_task(img: Image.Image, spec: TaskSpec, inputs: list[Scene], tgt: Scene
     t.psnrs.append(psnr(img, render(inputs[0], SIZE, SIZE, 2), keep))
 
 
-def evaluate(sampler: Sampler, samples: int, seen: set[str], steps: int = 10) -> Tally:
+def evaluate(
+    sampler: Sampler,
+    samples: int,
+    seen: set[str],
+    steps: int = 10,
+    guidance: float = DEFAULT_GUIDANCE,
+) -> Tally:
     rnd = random.Random(EVAL_SEED)
     t = Tally()
     t2i = _held_out(single_spec, samples, seen, rnd) + _held_out(relation_spec, samples, seen, rnd)
@@ -149,7 +155,9 @@ def evaluate(sampler: Sampler, samples: int, seen: set[str], steps: int = 10) ->
     bar = tqdm(total=len(t2i) + per_op * (len(EDIT_OPS) + len(REF_OPS)), unit="image", desc="eval")
     for i, spec in enumerate(t2i):
         bar.update()
-        img = sampler(SampleSpec(spec.text, 1000 + i, SIZE, SIZE, 2.5, steps), [], lambda: None)
+        img = sampler(
+            SampleSpec(spec.text, 1000 + i, SIZE, SIZE, guidance, steps), [], lambda: None
+        )
         check_t2i(img, spec, t)
         if i % max(samples, 1) < 4:
             t.samples.append((spec.text, img))
@@ -161,7 +169,9 @@ def evaluate(sampler: Sampler, samples: int, seen: set[str], steps: int = 10) ->
         bar.update()
         inputs, tgt = realize_task(task, rnd)
         imgs = [render(s, SIZE, SIZE, 2) for s in inputs]
-        out = sampler(SampleSpec(task.text, 5000 + i, SIZE, SIZE, 2.5, steps), imgs, lambda: None)
+        out = sampler(
+            SampleSpec(task.text, 5000 + i, SIZE, SIZE, guidance, steps), imgs, lambda: None
+        )
         check_task(out, task, inputs, tgt, t)
         if i % per_op == 0:
             t.samples.append((task.text, _strip([*imgs, out])))
@@ -189,7 +199,7 @@ def probe_prompt(shape: str, where: str = " in the center") -> str:
 
 
 def _probe_spec(shape: str, seed: int) -> SampleSpec:
-    return SampleSpec(probe_prompt(shape), seed, SIZE, SIZE, 2.5, 10)
+    return SampleSpec(probe_prompt(shape), seed, SIZE, SIZE)
 
 
 def _red_shape(img: Image.Image) -> str:
@@ -282,7 +292,12 @@ def markdown(rows: dict[str, float], counts: dict[str, int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(checkpoint: Path | None = None, samples: int = 50, out: Path = Path("eval")) -> int:
+def main(
+    checkpoint: Path | None = None,
+    samples: int = 50,
+    out: Path = Path("eval"),
+    guidance: float = DEFAULT_GUIDANCE,
+) -> int:
     torch.manual_seed(0)
     src = checkpoint if checkpoint is not None else weights.PACKAGE_WEIGHTS
     if checkpoint is not None and checkpoint.is_file():
@@ -294,7 +309,7 @@ def main(checkpoint: Path | None = None, samples: int = 50, out: Path = Path("ev
     seen = {s.text for s in t2i} | {s.text for s in edit}
     start = time.monotonic()
     sampler = Sampler(models.ae, models.dit, models.sr, TextEncoder())
-    tally = evaluate(sampler, samples, seen)
+    tally = evaluate(sampler, samples, seen, guidance=guidance)
     rows = table(tally)
     counts = {k: len(v) for k, v in tally.ok.items()} | {"edit_psnr_db": len(tally.psnrs)}
     out.mkdir(parents=True, exist_ok=True)
@@ -302,6 +317,7 @@ def main(checkpoint: Path | None = None, samples: int = 50, out: Path = Path("ev
         "weights": str(src),
         "meta": meta,
         "samples": samples,
+        "guidance": guidance,
         "seconds": round(time.monotonic() - start, 1),
         "results": rows,
         "counts": counts,

@@ -11,6 +11,7 @@ from dreamserve.engine.base import Canceled, Generator, Progress, Task, load_gen
 from dreamserve.engine.builtin import weights
 from dreamserve.engine.builtin.data import render_batch
 from dreamserve.engine.builtin.render import Obj, Scene, render
+from dreamserve.engine.builtin.sample import DEFAULT_GUIDANCE
 from dreamserve.engine.builtin.upscaler import edge_energy, upscale
 from dreamserve.request import SIZES_2K, GenerationRequest
 
@@ -78,6 +79,15 @@ def test_deterministic_and_seed_dependent(gen: Generator) -> None:
     c = gen.generate(_task(seed=4), lambda p: None, lambda: False)[0]
     assert np.array_equal(np.asarray(a), np.asarray(b))
     assert not np.array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_a_blank_guidance_scale_is_the_models_measured_default(gen: Generator) -> None:
+    def pixels(**kw: object) -> np.ndarray:
+        return np.asarray(gen.generate(_task(**kw), lambda p: None, lambda: False)[0])
+
+    blank = pixels()
+    assert np.array_equal(blank, pixels(guidance_scale=DEFAULT_GUIDANCE))
+    assert not np.array_equal(blank, pixels(guidance_scale=2.5))
 
 
 def test_edit_and_references_take_input_images(gen: Generator) -> None:
