@@ -35,6 +35,7 @@ from dreamserve.engine.builtin.captions import (
     single_spec,
 )
 from dreamserve.engine.builtin.checker import (
+    Found,
     background_of,
     cell_of,
     find_objects,
@@ -100,19 +101,23 @@ def check_t2i(img: Image.Image, spec: PromptSpec, t: Tally) -> None:
         a, b = spec.objs
         fa = [f for f in found if f.color == a.color and f.shape == a.shape]
         fb = [f for f in found if f.color == b.color and f.shape == b.shape]
-        good = False
-        if fa and fb:
-            dx, dy = fa[0].x - fb[0].x, fa[0].y - fb[0].y
-            good = {
-                "above": dy < -0.05,
-                "below": dy > 0.05,
-                "left of": dx < -0.05,
-                "right of": dx > 0.05,
-            }[spec.relation or ""]
-        t.add("relation", good)
+        t.add("relation", bool(fa and fb) and _placed(fa[0], fb[0], spec.relation or ""))
+        # Not a target: the largest regions of the two colours, shapes ignored, placed as
+        # asked. It tells a wrong layout from wrong shapes when relation fails.
+        ca = sorted((f for f in found if f.color == a.color), key=lambda f: -f.area)
+        cb = sorted((f for f in found if f.color == b.color), key=lambda f: -f.area)
+        t.add("relation_layout", bool(ca and cb) and _placed(ca[0], cb[0], spec.relation or ""))
     else:
         o = spec.objs[0]
         t.add("count", sum(f.color == o.color for f in found) == spec.count)
+
+
+def _placed(a: Found, b: Found, relation: str) -> bool:
+    """Whether a sits `relation` b (above / below / left of / right of), by their centres."""
+    dx, dy = a.x - b.x, a.y - b.y
+    return {"above": dy < -0.05, "below": dy > 0.05, "left of": dx < -0.05, "right of": dx > 0.05}[
+        relation
+    ]
 
 
 def _changed_region(src: Scene, tgt: Scene, n: int) -> np.ndarray:

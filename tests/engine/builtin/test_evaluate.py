@@ -7,7 +7,9 @@ import pytest
 from PIL import Image
 
 from dreamserve.engine.builtin import evaluate, train
+from dreamserve.engine.builtin.captions import ObjSpec, PromptSpec
 from dreamserve.engine.builtin.evaluate import TARGETS, Tally, markdown, table
+from dreamserve.engine.builtin.render import Obj, Scene, render
 
 
 def test_table_marks_each_target_met_or_not() -> None:
@@ -54,3 +56,28 @@ def test_edits_prefer_sentences_the_training_never_saw() -> None:
     first = evaluate.edit_spec(random.Random(0), "recolor")
     task = evaluate._unseen_edit(rnd, "recolor", {first.text})
     assert task.op == "recolor" and task.text != first.text
+
+
+def test_relation_layout_tells_a_wrong_layout_from_wrong_shapes() -> None:
+    spec = PromptSpec(
+        "relation",
+        "white",
+        (ObjSpec("circle", "red"), ObjSpec("square", "blue")),
+        "a red circle above a blue square on a white background",
+        relation="above",
+    )
+
+    def scored(top: str, top_y: float) -> dict[str, float]:
+        objs = (Obj(top, "red", 0.5, top_y, 0.25), Obj("square", "blue", 0.5, 1 - top_y, 0.25))
+        t = Tally()
+        evaluate.check_t2i(render(Scene("white", objs), 256, 256), spec, t)
+        return table(t)
+
+    assert scored("circle", 0.25) | {"edit_psnr_db": 0} == {
+        "relation": 1.0,
+        "relation_layout": 1.0,
+        "edit_psnr_db": 0,
+    }
+    assert scored("star", 0.25)["relation"] == 0.0  # placed right, drawn wrong
+    assert scored("star", 0.25)["relation_layout"] == 1.0
+    assert scored("circle", 0.75)["relation_layout"] == 0.0  # drawn right, placed wrong
