@@ -26,7 +26,7 @@ from dreamserve.engine.builtin.upscaler import Upscaler, upscale
 StepFn = Callable[[], None]  # called after every denoising step (progress + cancel check)
 
 # Classifier-free guidance when a request leaves it blank. Swept on the step-26915 model over
-# the eval's 150 held-out text-to-image prompts (MODEL_CARD.md, Sampling): colour+shape found
+# the eval's 150 held-out text-to-image prompts (MODEL_CARD.md, "Guidance"): colour+shape found
 # in 14/50 at 2.5 (the old default), 17 at 3, 20 at 4, 18 at 5, 21 at 6.5.
 DEFAULT_GUIDANCE = 4.0
 
