@@ -166,10 +166,8 @@ def evaluate(
 ) -> None:
     """Score the model on held-out prompts with the automatic checker."""
     from dreamserve.engine.builtin.evaluate import main as eval_main
-    from dreamserve.engine.builtin.sample import DEFAULT_GUIDANCE
 
-    g = DEFAULT_GUIDANCE if guidance is None else guidance
-    raise typer.Exit(eval_main(checkpoint=checkpoint, samples=samples, out=out, guidance=g))
+    raise typer.Exit(eval_main(checkpoint=checkpoint, samples=samples, out=out, guidance=guidance))
 
 
 if __name__ == "__main__":

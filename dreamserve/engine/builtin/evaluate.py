@@ -52,7 +52,7 @@ from dreamserve.engine.builtin.pairs import (
     ref_spec,
 )
 from dreamserve.engine.builtin.render import SHAPES, SIZES, Obj, Scene, object_mask, render
-from dreamserve.engine.builtin.sample import DEFAULT_GUIDANCE, Sampler, SampleSpec
+from dreamserve.engine.builtin.sample import Sampler, SampleSpec, guidance_or_default
 from dreamserve.engine.builtin.textenc import TextEncoder
 
 EVAL_SEED = 987_654  # never used by training (training pools use TrainConfig.seed)
@@ -99,14 +99,15 @@ def check_t2i(img: Image.Image, spec: PromptSpec, t: Tally) -> None:
             t.add("position", any(cell_of(f.x, f.y) == o.pos for f in hits))
     elif spec.kind == "relation":
         a, b = spec.objs
+        rel = spec.relation or ""
         fa = [f for f in found if f.color == a.color and f.shape == a.shape]
         fb = [f for f in found if f.color == b.color and f.shape == b.shape]
-        t.add("relation", bool(fa and fb) and _placed(fa[0], fb[0], spec.relation or ""))
+        t.add("relation", bool(fa and fb) and _placed(fa[0], fb[0], rel))
         # Not a target: the largest regions of the two colours, shapes ignored, placed as
         # asked. It tells a wrong layout from wrong shapes when relation fails.
         ca = sorted((f for f in found if f.color == a.color), key=lambda f: -f.area)
         cb = sorted((f for f in found if f.color == b.color), key=lambda f: -f.area)
-        t.add("relation_layout", bool(ca and cb) and _placed(ca[0], cb[0], spec.relation or ""))
+        t.add("relation_layout", bool(ca and cb) and _placed(ca[0], cb[0], rel))
     else:
         o = spec.objs[0]
         t.add("count", sum(f.color == o.color for f in found) == spec.count)
@@ -150,7 +151,7 @@ def evaluate(
     samples: int,
     seen: set[str],
     steps: int = 10,
-    guidance: float = DEFAULT_GUIDANCE,
+    guidance: float | None = None,
 ) -> Tally:
     rnd = random.Random(EVAL_SEED)
     t = Tally()
@@ -301,7 +302,7 @@ def main(
     checkpoint: Path | None = None,
     samples: int = 50,
     out: Path = Path("eval"),
-    guidance: float = DEFAULT_GUIDANCE,
+    guidance: float | None = None,
 ) -> int:
     torch.manual_seed(0)
     src = checkpoint if checkpoint is not None else weights.PACKAGE_WEIGHTS
@@ -322,7 +323,7 @@ def main(
         "weights": str(src),
         "meta": meta,
         "samples": samples,
-        "guidance": guidance,
+        "guidance": guidance_or_default(guidance),
         "seconds": round(time.monotonic() - start, 1),
         "results": rows,
         "counts": counts,

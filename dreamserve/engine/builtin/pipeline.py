@@ -17,7 +17,7 @@ from PIL.Image import Image
 from dreamserve.engine.base import Canceled, CancelFn, Capabilities, Progress, ProgressFn, Task
 from dreamserve.engine.builtin import weights
 from dreamserve.engine.builtin.prompts import enhance, normalize, plan
-from dreamserve.engine.builtin.sample import DEFAULT_GUIDANCE, Sampler, SampleSpec
+from dreamserve.engine.builtin.sample import Sampler, SampleSpec
 from dreamserve.engine.builtin.textenc import TextEncoder
 
 STEPS = 10
@@ -88,15 +88,9 @@ class BuiltinGenerator:
         if len(task.images) > MAX_REFS:
             on_progress(Progress(0, total, message=ignored_images(len(task.images))))
         out = []
-        g = task.request.guidance_scale
         for prompt, seed in jobs:
             spec = SampleSpec(
-                prompt,
-                seed,
-                task.width,
-                task.height,
-                DEFAULT_GUIDANCE if g is None else g,
-                self.steps,
+                prompt, seed, task.width, task.height, task.request.guidance_scale, self.steps
             )
             out.append(self.sampler(spec, images, step))
         return out

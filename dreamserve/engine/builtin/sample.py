@@ -31,13 +31,17 @@ StepFn = Callable[[], None]  # called after every denoising step (progress + can
 DEFAULT_GUIDANCE = 4.0
 
 
+def guidance_or_default(guidance: float | None) -> float:
+    return DEFAULT_GUIDANCE if guidance is None else guidance
+
+
 @dataclass(frozen=True)
 class SampleSpec:
     prompt: str
     seed: int
     width: int
     height: int
-    guidance: float = DEFAULT_GUIDANCE
+    guidance: float | None = None  # None: DEFAULT_GUIDANCE (a request that leaves it blank)
     steps: int = 10
 
 
@@ -90,10 +94,11 @@ class Sampler:
             z0, t0 = start
             x, ts = (1 - t0) * z0 + t0 * noise, torch.linspace(t0, 0.0, spec.steps + 1)
         # Step 4: Euler integration of dx/dt = v, guided: v = v_u + g (v_c - v_u).
+        g = guidance_or_default(spec.guidance)
         for i in range(spec.steps):
             t = ts[i].expand(2)
             v = self.dit(x.expand(2, -1, -1, -1), t, text, mask, refs2)
-            v = v[1:] + spec.guidance * (v[:1] - v[1:])
+            v = v[1:] + g * (v[:1] - v[1:])
             x = x + (ts[i + 1] - ts[i]) * v
             on_step()
         return x
