@@ -138,6 +138,10 @@ def train(
         float,
         typer.Option(help="Where rotary gains grown onto a model without them start (0: off)."),
     ] = 0.0,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="The transformer's peak learning rate (default: the config's)."),
+    ] = None,
 ) -> None:
     """Train the built-in model (resumable; checkpoints carry their config)."""
     from dreamserve.engine.builtin.train import main as train_main
@@ -149,6 +153,7 @@ def train(
         max_minutes=max_minutes,
         fresh_dit=new_dit,
         rope_gain=rope_gain,
+        lr=lr,
     )
     raise typer.Exit(code)
 

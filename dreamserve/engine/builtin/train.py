@@ -314,14 +314,21 @@ def main(
     max_minutes: float | None = None,
     fresh_dit: bool = False,
     rope_gain: float = 0.0,
+    lr: float | None = None,
 ) -> int:
     """`fresh_dit`: keep the autoencoder and upscaler that resuming would (out/ckpt.pt, else
     the shipped ones) and train a new transformer (checkpoint.new_dit). `rope_gain`: where
-    rotary gains grown onto a model without them start (checkpoint.grow)."""
+    rotary gains grown onto a model without them start (checkpoint.grow). `lr`: the DiT's peak
+    learning rate instead of the config's; a continuation of a trained model (MODEL_CARD.md,
+    session 11) can lose more than it gains by re-warming to the full one."""
     if config not in CONFIGS:
         print(f"unknown config {config!r}; choose one of {', '.join(CONFIGS)}")
         return 2
+    if lr is not None and not 0 < lr <= 1e-2:
+        print(f"--lr {lr:g}: the peak learning rate must be above 0 and at most 1e-2")
+        return 2
     want = copy.deepcopy(CONFIGS[config])
+    want.lr = want.lr if lr is None else lr
     if want.device.startswith("cuda") and not torch.cuda.is_available():
         print(f"config {config!r} trains on {want.device}, and torch sees no CUDA device here")
         return 2

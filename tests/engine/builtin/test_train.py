@@ -32,6 +32,27 @@ def test_unknown_config_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_resumed_run_trains_at_the_peak_learning_rate_asked_for(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert train.main(out=out, config="tiny") == 0
+    assert train.main(out=out, config="tiny", resume=True, lr=1e-4) == 0
+    state = checkpoint.load(out / "ckpt.pt")
+    assert state.cfg.lr == 1e-4 and json.loads((out / "config.json").read_text())["lr"] == 1e-4
+    # No time limit keeps the cosine at its peak, and warm-up is over: the last step ran at it.
+    used = [g["lr"] / g.get("lr_scale", 1.0) for g in state.opt_dit.param_groups]
+    assert used == [pytest.approx(1e-4)] * len(used)
+
+
+@pytest.mark.parametrize("lr", [0.0, -1e-4, 0.5])
+def test_a_peak_learning_rate_out_of_range_is_refused_with_the_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], lr: float
+) -> None:
+    assert train.main(out=tmp_path / "run", config="tiny", lr=lr) == 2
+    assert "above 0 and at most 1e-2" in capsys.readouterr().out
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.slow
 def test_resuming_a_model_from_before_the_copy_path_grows_it(tmp_path: Path) -> None:
     out = tmp_path / "run"
     old = copy.deepcopy(CONFIGS["tiny"])
