@@ -134,6 +134,7 @@ def check_task(img: Image.Image, spec: TaskSpec, inputs: list[Scene], tgt: Scene
         good = good and background_of(img, tgt) == tgt.background
     if spec.op in REF_OPS:
         t.add("reference", good)
+        t.add(f"reference:{spec.op}", good)  # which task a drift in the row comes from
         return
     t.add("edit", good)
     t.add(f"edit:{spec.op}", good)

@@ -35,6 +35,8 @@ def test_eval_scores_a_checkpoint_and_writes_report_and_grid(tmp_path: Path) -> 
     report = json.loads((out / "report.json").read_text())
     for key in ("color_shape", "relation", "count", "edit", "reference", "edit_psnr_db"):
         assert key in report["results"]
+    for op in ("combine", "onto", "restyle"):  # per-task rows beside the reference target
+        assert report["counts"][f"reference:{op}"] == 2
     assert report["counts"]["color_shape"] == 2
     assert Image.open(out / "grid.png").width > 256
     assert Image.open(out / "shapes.png").height > 2 * 256  # 12 shapes, 6 a row
