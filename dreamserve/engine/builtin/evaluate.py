@@ -132,12 +132,11 @@ def check_task(img: Image.Image, spec: TaskSpec, inputs: list[Scene], tgt: Scene
     good = scene_found(img, tgt)
     if spec.op == "background" or spec.op == "onto":
         good = good and background_of(img, tgt) == tgt.background
-    if spec.op in REF_OPS:
-        t.add("reference", good)
-        t.add(f"reference:{spec.op}", good)  # which task a drift in the row comes from
+    row = "reference" if spec.op in REF_OPS else "edit"
+    t.add(row, good)
+    t.add(f"{row}:{spec.op}", good)  # per task type: which one a drift in the row comes from
+    if row == "reference":
         return
-    t.add("edit", good)
-    t.add(f"edit:{spec.op}", good)
     if spec.op == "background":  # the objects are what must stay: score their pixels
         keep = np.zeros((SIZE, SIZE), bool)
         for o in inputs[0].objects:
