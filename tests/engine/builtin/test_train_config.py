@@ -1,0 +1,24 @@
+from dataclasses import replace
+
+from dreamserve.engine.builtin.checkpoint import resume_config
+from dreamserve.engine.builtin.stream import KINDS
+from dreamserve.engine.builtin.train_config import CONFIGS, TrainConfig
+
+
+def sample_share(cfg: TrainConfig, kind: str) -> float:
+    """The expected share of training samples (not batches) that are of `kind`."""
+    per_kind = [m * b for m, b in zip(cfg.mix, cfg.batch, strict=True)]
+    return per_kind[KINDS.index(kind)] / sum(per_kind)
+
+
+def test_refmix_is_the_default_schedule_with_nearly_twice_the_reference_samples() -> None:
+    default, refmix = CONFIGS["default"], CONFIGS["refmix"]
+    assert replace(refmix, mix=default.mix) == default  # only the mix differs
+    assert round(sample_share(default, "ref"), 2) == 0.09
+    assert round(sample_share(refmix, "ref"), 2) == 0.15
+
+
+def test_resuming_the_shipped_models_checkpoint_with_refmix_keeps_the_model() -> None:
+    cfg = resume_config(CONFIGS["default"], CONFIGS["refmix"])
+    assert cfg == CONFIGS["refmix"]
+    assert (cfg.dit, cfg.ae, cfg.seed) == (CONFIGS["default"].dit, CONFIGS["default"].ae, 1234)
