@@ -110,21 +110,27 @@ def matches(f: Found, color: str, shape: str) -> bool:
     return f.color == color and f.shape == shape
 
 
+def placed_at(found: list[Found], o: Obj, pos_tol: float = 0.15, shape: bool = True) -> bool:
+    """Whether a region of o's colour (and shape, unless `shape` is off) sits near o's place."""
+    return any(
+        f.color == o.color
+        and (f.shape == o.shape or not shape)
+        and abs(f.x - o.x) < pos_tol
+        and abs(f.y - o.y) < pos_tol
+        for f in found
+    )
+
+
 def scene_found(img: Image.Image, scene: Scene, pos_tol: float = 0.15) -> bool:
     """Every object is there (colour, shape, near its place) and no extra one in those colours."""
     colors = sorted({o.color for o in scene.objects})
     found = find_objects(img, colors)
     for color in colors:
         want = [o for o in scene.objects if o.color == color]
-        have = [f for f in found if f.color == color]
-        if len(have) != len(want):
+        if sum(f.color == color for f in found) != len(want):
             return False
-        for o in want:
-            if not any(
-                f.shape == o.shape and abs(f.x - o.x) < pos_tol and abs(f.y - o.y) < pos_tol
-                for f in have
-            ):
-                return False
+        if not all(placed_at(found, o, pos_tol) for o in want):
+            return False
     return True
 
 

@@ -39,6 +39,7 @@ from dreamserve.engine.builtin.checker import (
     background_of,
     cell_of,
     find_objects,
+    placed_at,
     psnr,
     scene_found,
 )
@@ -135,6 +136,8 @@ def check_task(img: Image.Image, spec: TaskSpec, inputs: list[Scene], tgt: Scene
     row = "reference" if spec.op in REF_OPS else "edit"
     t.add(row, good)
     t.add(f"{row}:{spec.op}", good)  # per task type: which one a drift in the row comes from
+    if spec.op == "combine":
+        check_combine(img, inputs, t)
     if row == "reference":
         return
     if spec.op == "background":  # the objects are what must stay: score their pixels
@@ -144,6 +147,20 @@ def check_task(img: Image.Image, spec: TaskSpec, inputs: list[Scene], tgt: Scene
     else:
         keep = ~_changed_region(inputs[0], tgt, SIZE)
     t.psnrs.append(psnr(img, render(inputs[0], SIZE, SIZE, 2), keep))
+
+
+def check_combine(img: Image.Image, inputs: list[Scene], t: Tally) -> None:
+    """Not targets: each asked object on its own, by the input it comes from. Only image 1
+    reaches the fine target tokens through the copy path (dit.py), so a shape that survives
+    from image 1 and not from the others points there (MODEL_CARD.md, session 14)."""
+    found = find_objects(img, sorted({o.color for s in inputs for o in s.objects}))
+    for k, scene in enumerate(inputs):
+        for o in scene.objects:
+            if k == 0:
+                t.add("combine:image_1", placed_at(found, o))
+            else:
+                t.add("combine:other_images", placed_at(found, o))
+                t.add("combine:other_in_place", placed_at(found, o, shape=False))
 
 
 def evaluate(

@@ -1,5 +1,6 @@
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ def test_eval_scores_a_checkpoint_and_writes_report_and_grid(tmp_path: Path) -> 
         assert key in report["results"]
     for op in ("combine", "onto", "restyle"):  # per-task rows beside the reference target
         assert report["counts"][f"reference:{op}"] == 2
+    assert report["counts"]["combine:image_1"] == 2  # one object from image 1 per task
     assert report["counts"]["color_shape"] == 2
     assert Image.open(out / "grid.png").width > 256
     assert Image.open(out / "shapes.png").height > 2 * 256  # 12 shapes, 6 a row
@@ -83,3 +85,20 @@ def test_relation_layout_tells_a_wrong_layout_from_wrong_shapes() -> None:
     assert scored("star", 0.25)["relation"] == 0.0  # placed right, drawn wrong
     assert scored("star", 0.25)["relation_layout"] == 1.0
     assert scored("circle", 0.75)["relation_layout"] == 0.0  # drawn right, placed wrong
+
+
+def test_combine_rows_tell_a_shape_lost_from_the_other_images_from_a_wrong_place() -> None:
+    task = evaluate.ref_spec(random.Random(3), "combine")
+    inputs, tgt = evaluate.realize_task(task, random.Random(4))
+    first = set(inputs[0].objects)
+
+    def blob(o: Obj) -> Obj:  # the right colour in the right place, the wrong shape
+        return replace(o, shape="square" if o.shape != "square" else "circle")
+
+    drawn = replace(tgt, objects=tuple(o if o in first else blob(o) for o in tgt.objects))
+    t = Tally()
+    evaluate.check_combine(render(drawn, 256, 256), inputs, t)
+    rows = table(t)
+    assert rows["combine:image_1"] == 1.0
+    assert rows["combine:other_images"] == 0.0  # shapes lost...
+    assert rows["combine:other_in_place"] == 1.0  # ...by objects brought to their places
