@@ -121,11 +121,18 @@ def placed_at(found: list[Found], o: Obj, pos_tol: float = 0.15, shape: bool = T
     )
 
 
+def scene_colors(scene: Scene) -> list[str]:
+    return sorted({o.color for o in scene.objects})
+
+
 def scene_found(img: Image.Image, scene: Scene, pos_tol: float = 0.15) -> bool:
     """Every object is there (colour, shape, near its place) and no extra one in those colours."""
-    colors = sorted({o.color for o in scene.objects})
-    found = find_objects(img, colors)
-    for color in colors:
+    return scene_in(find_objects(img, scene_colors(scene)), scene, pos_tol)
+
+
+def scene_in(found: list[Found], scene: Scene, pos_tol: float = 0.15) -> bool:
+    """scene_found on regions already found (in at least the scene's colours)."""
+    for color in scene_colors(scene):
         want = [o for o in scene.objects if o.color == color]
         if sum(f.color == color for f in found) != len(want):
             return False

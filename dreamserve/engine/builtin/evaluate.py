@@ -41,7 +41,8 @@ from dreamserve.engine.builtin.checker import (
     find_objects,
     placed_at,
     psnr,
-    scene_found,
+    scene_colors,
+    scene_in,
 )
 from dreamserve.engine.builtin.data import grid_for, make_specs
 from dreamserve.engine.builtin.pairs import (
@@ -130,14 +131,15 @@ def _changed_region(src: Scene, tgt: Scene, n: int) -> np.ndarray:
 
 
 def check_task(img: Image.Image, spec: TaskSpec, inputs: list[Scene], tgt: Scene, t: Tally) -> None:
-    good = scene_found(img, tgt)
+    found = find_objects(img, scene_colors(tgt))  # a combine target holds every input's objects
+    good = scene_in(found, tgt)
     if spec.op == "background" or spec.op == "onto":
         good = good and background_of(img, tgt) == tgt.background
     row = "reference" if spec.op in REF_OPS else "edit"
     t.add(row, good)
     t.add(f"{row}:{spec.op}", good)  # per task type: which one a drift in the row comes from
     if spec.op == "combine":
-        check_combine(img, inputs, t)
+        check_combine(found, inputs, t)
     if row == "reference":
         return
     if spec.op == "background":  # the objects are what must stay: score their pixels
@@ -149,11 +151,10 @@ def check_task(img: Image.Image, spec: TaskSpec, inputs: list[Scene], tgt: Scene
     t.psnrs.append(psnr(img, render(inputs[0], SIZE, SIZE, 2), keep))
 
 
-def check_combine(img: Image.Image, inputs: list[Scene], t: Tally) -> None:
+def check_combine(found: list[Found], inputs: list[Scene], t: Tally) -> None:
     """Not targets: each asked object on its own, by the input it comes from. Only image 1
     reaches the fine target tokens through the copy path (dit.py), so a shape that survives
     from image 1 and not from the others points there (MODEL_CARD.md, session 14)."""
-    found = find_objects(img, sorted({o.color for s in inputs for o in s.objects}))
     for k, scene in enumerate(inputs):
         for o in scene.objects:
             if k == 0:

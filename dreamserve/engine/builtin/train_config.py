@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from dreamserve.engine.builtin.autoencoder import AEConfig
@@ -90,7 +90,7 @@ CONFIGS: dict[str, TrainConfig] = {
     # over three continuations while the text-to-image rows held. Tried in session 14: the
     # reference row did not move and the text-to-image rows fell a little; not shipped
     # (MODEL_CARD.md, "Session 14").
-    "refmix": replace(TrainConfig(), mix=(0.25, 0.25, 0.25, 0.25)),
+    "refmix": TrainConfig(mix=(0.25, 0.25, 0.25, 0.25)),
     # For tests: trains a few steps of a toy-sized model in seconds.
     "tiny": TrainConfig(
         ae=AEConfig(latent_ch=4, enc_ch=(8, 8, 8, 8), dec_ch=(8, 8, 8, 8), patch=1),

@@ -9,6 +9,7 @@ from PIL import Image
 
 from dreamserve.engine.builtin import evaluate, train
 from dreamserve.engine.builtin.captions import ObjSpec, PromptSpec
+from dreamserve.engine.builtin.checker import find_objects, scene_colors
 from dreamserve.engine.builtin.evaluate import TARGETS, Tally, markdown, table
 from dreamserve.engine.builtin.render import Obj, Scene, render
 
@@ -97,7 +98,7 @@ def test_combine_rows_tell_a_shape_lost_from_the_other_images_from_a_wrong_place
 
     drawn = replace(tgt, objects=tuple(o if o in first else blob(o) for o in tgt.objects))
     t = Tally()
-    evaluate.check_combine(render(drawn, 256, 256), inputs, t)
+    evaluate.check_combine(find_objects(render(drawn, 256, 256), scene_colors(tgt)), inputs, t)
     rows = table(t)
     assert rows["combine:image_1"] == 1.0
     assert rows["combine:other_images"] == 0.0  # shapes lost...
