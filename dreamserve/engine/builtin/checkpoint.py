@@ -22,6 +22,7 @@ from dreamserve.engine.builtin.dit import DiT
 from dreamserve.engine.builtin.surgery import (
     add_copy_path,
     add_local,
+    add_ref_copies,
     add_rope,
     split_tokens,
     unturn_pairs,
@@ -151,12 +152,13 @@ def from_package(want: TrainConfig) -> State:
 
 def grow(state: State, want: TrainConfig, rope_gain: float = 0.0) -> State:
     """Bring a model from an older config up to `want`: time shift, copy path, fine tokens,
-    local convolutions, rotary positions.
+    local convolutions, rotary positions, copy slots for every input.
 
     A model trained unshifted continues with `want`'s time shift (and is sampled with it).
     A model without the copy path (DiTConfig.copy_input) gains it, a one-token-per-cell
-    model is split into `want`'s fine tokens, and one without local convolutions or rotary
-    positions gains them (surgery.py: each starts from the old function). What a model has and
+    model is split into `want`'s fine tokens, and one without local convolutions, rotary
+    positions or copy slots for every input gains them (surgery.py: each starts from the old
+    function). What a model has and
     `want` lacks, it keeps: growing never removes what was trained.
     Rotary gains grown now start at `rope_gain` (surgery.add_rope: 0 keeps the function), and
     a rotary model takes `want`'s share of unturned pairs (surgery.unturn_pairs).
@@ -169,7 +171,8 @@ def grow(state: State, want: TrainConfig, rope_gain: float = 0.0) -> State:
     local = bool(want.dit.local) and not have.local
     rope = want.dit.rope and not have.rope
     unturn = want.dit.rope and want.dit.rope_unturned != have.rope_unturned
-    if not (copy_path or local or rope or unturn) and want.dit.split == have.split:
+    ref_copies = want.dit.copy_refs and not have.copy_refs
+    if not (copy_path or local or rope or unturn or ref_copies) and want.dit.split == have.split:
         return state
 
     def grown(model: DiT) -> DiT:
@@ -177,6 +180,7 @@ def grow(state: State, want: TrainConfig, rope_gain: float = 0.0) -> State:
         model = split_tokens(model, want.dit.split)
         model = add_local(model, want.dit.local) if local else model
         model = add_rope(model, rope_gain) if rope else model
+        model = add_ref_copies(model) if ref_copies else model
         return unturn_pairs(model, want.dit.rope_unturned) if unturn else model
 
     dev = torch.device(state.cfg.device)

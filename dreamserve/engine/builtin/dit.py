@@ -24,6 +24,12 @@ more CPU time than it had (62 min: edits kept nothing of the input, 13.8 dB). Wi
 at hand in every target token, "keep what the sentence does not change" is a per-token
 identity from the first step, and attention is left for what to change.
 
+Every input's copy path (`copy_refs`, from session 15): images 2 and 3 get channels of their
+own beside image 1's. Combining objects from several images kept every object's place and
+colour, but the shapes of objects from images 2-3 only 9/41 times against 28/33 for image 1's
+(MODEL_CARD.md, session 14): in the sequence an input is one token per 16x16 cell, too coarse
+to carry a shape, and only image 1 reached the fine target tokens position by position.
+
 Local convolutions (`local`, from session 6): a 3x3 depthwise convolution over the target
 tokens inside every block's MLP (SANA's Mix-FFN). A shape is drawn *around* an object that
 may sit anywhere, so each token needs its offset from the object's other tokens; with only
@@ -230,6 +236,7 @@ class DiTConfig:
     mlp_ratio: float = 3.0
     max_images: int = 4  # target + up to 3 references per forward during training
     copy_input: bool = True  # image 1's latents also enter the target tokens (module docstring)
+    copy_refs: bool = False  # with copy_input: images 2..max_images-1 too (module docstring)
     # Flow time is trained and sampled shifted towards noise: t -> s*t / (1 + (s-1)*t). A token
     # is 16 near-copies of each latent pixel, so its colour survives noise until t ~ 0.95, and
     # layout is decided there; unshifted logit-normal t put only 1.4% of training above t=0.9,
@@ -240,6 +247,13 @@ class DiTConfig:
     local: int = 0  # kernel of the depthwise convolution over target tokens per block (Block)
     rope: bool = False  # 2D rotary positions in attention (module docstring)
     rope_unturned: float = 0.0  # share of rotary pairs never turned (module docstring)
+
+    @property
+    def copy_slots(self) -> int:
+        """How many input images the copy path carries: 0, 1 (image 1), or every input."""
+        if not self.copy_input:
+            return 0
+        return self.max_images - 1 if self.copy_refs else 1
 
     @property
     def token_ch(self) -> int:
@@ -255,6 +269,7 @@ class DiTConfig:
         # local convolutions, no rotary positions, every rotary pair turned.
         old = {
             "copy_input": False,
+            "copy_refs": False,
             "time_shift": 1.5,
             "local": 0,
             "rope": False,
@@ -286,8 +301,9 @@ class DiT(nn.Module):
         super().__init__()
         self.cfg = cfg
         D = cfg.dim
-        # Input channels: the token's own latents, then (copy path) image 1's at the same place.
-        self.latent_in = nn.Linear(cfg.token_ch * (2 if cfg.copy_input else 1), D)
+        # Input channels: the token's own latents, then (copy path) each copied input's at the
+        # same place, in input order.
+        self.latent_in = nn.Linear(cfg.token_ch * (1 + cfg.copy_slots), D)
         # Input images in the sequence, one token per cell (the target's tokens when split=1).
         self.ref_in = nn.Linear(cfg.latent_ch, D) if cfg.split > 1 else None
         self.text_in = nn.Sequential(nn.LayerNorm(TEXT_DIM), nn.Linear(TEXT_DIM, D))
@@ -305,15 +321,17 @@ class DiT(nn.Module):
             nn.init.zeros_(m.bias)
 
     def _image_tokens(
-        self, z: torch.Tensor, index: int, base: torch.Tensor | None = None
+        self, z: torch.Tensor, index: int, bases: list[torch.Tensor | None] | None = None
     ) -> torch.Tensor:
-        # z: (B, C, gh, gw) -> (B, gh*gw, D); base: image 1 on the same grid, or None
+        # z: (B, C, gh, gw) -> (B, gh*gw, D); bases: the copied inputs on the same grid (None:
+        # that input is absent or on another grid), one per copy slot
         B, C, gh, gw = z.shape
         if index > 0 and self.ref_in is not None:
             tok = self.ref_in(z.flatten(2).transpose(1, 2))
         else:
-            if self.cfg.copy_input:
-                z = torch.cat([z, torch.zeros_like(z) if base is None else base], dim=1)  # 2C
+            bases = bases or [None] * self.cfg.copy_slots  # an input image copies nothing
+            copies = [torch.zeros_like(z) if b is None else b for b in bases]
+            z = torch.cat([z, *copies], dim=1)  # (B, C * (1 + copy_slots), gh, gw)
             tok = self.latent_in(z.flatten(2).transpose(1, 2))
         pos = grid_pos_embedding(gh, gw, self.cfg.dim).to(tok.device, tok.dtype)
         return tok + pos[None] + self.image_id.weight[index][None, None]
@@ -333,9 +351,11 @@ class DiT(nn.Module):
         refs: list[torch.Tensor] | None = None,  # each (B, C, gh', gw') clean input latents
     ) -> torch.Tensor:
         refs = refs or []
-        base = refs[0] if refs and refs[0].shape[2:] == x.shape[2:] else None
+        slots = refs[: self.cfg.copy_slots] + [None] * (self.cfg.copy_slots - len(refs))
+        bases = [
+            None if r is None or r.shape[2:] != x.shape[2:] else to_fine(r, self.cfg) for r in slots
+        ]
         x = to_fine(x, self.cfg)  # (B, token_ch, gh, gw) from here on: the target's own grid
-        base = None if base is None else to_fine(base, self.cfg)
         B, C, gh, gw = x.shape
         # Pooled text for adaLN: mean over real tokens (B, 384).
         m = text_mask.float()[..., None]
@@ -347,7 +367,7 @@ class DiT(nn.Module):
         for i, r in enumerate(refs):
             seq.append(self._image_tokens(r, i + 1))  # (B, gh'*gw', D)
             masks.append(torch.ones(B, r.shape[2] * r.shape[3], dtype=torch.bool, device=x.device))
-        seq.append(self._image_tokens(x, 0, base))  # (B, gh*gw, D), always last
+        seq.append(self._image_tokens(x, 0, bases))  # (B, gh*gw, D), always last
         masks.append(torch.ones(B, gh * gw, dtype=torch.bool, device=x.device))
         h = torch.cat(seq, dim=1)  # (B, N, D)
         attn_mask = torch.cat(masks, dim=1)[:, None, None, :]  # (B, 1, 1, N)

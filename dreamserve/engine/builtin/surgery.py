@@ -22,10 +22,26 @@ def add_copy_path(old: DiT) -> DiT:
     """
     if old.cfg.copy_input:
         return old
-    new = DiT(replace(old.cfg, copy_input=True))
+    return _widen_input(old, DiT(replace(old.cfg, copy_input=True)))
+
+
+def add_ref_copies(old: DiT) -> DiT:
+    """`old` (copying image 1) with copy slots for every input (DiTConfig.copy_refs), computing
+    what `old` computes: the new slots' input columns start at zero."""
+    if old.cfg.copy_refs:
+        return old
+    if not old.cfg.copy_input:
+        raise ValueError("the model has no copy path to extend: add_copy_path first")
+    return _widen_input(old, DiT(replace(old.cfg, copy_refs=True)))
+
+
+def _widen_input(old: DiT, new: DiT) -> DiT:
+    """Load `old` into `new`, whose target input layer takes more channels: the new columns
+    (after the old ones) start at zero."""
     state = old.state_dict()
-    w = state["latent_in.weight"]  # (D, C)
-    state["latent_in.weight"] = torch.cat([w, torch.zeros_like(w)], dim=1)  # (D, 2C)
+    w = state["latent_in.weight"]  # (D, C_old)
+    extra = new.latent_in.in_features - w.shape[1]
+    state["latent_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], extra)], dim=1)
     new.load_state_dict(state)
     return new
 
@@ -48,7 +64,7 @@ def split_tokens(old: DiT, split: int) -> DiT:
     new = DiT(cfg)
     state = old.state_dict()
     ch, q, D = cfg.latent_ch // cfg.patch**2, cfg.patch // split, cfg.dim
-    w_in, halves = state.pop("latent_in.weight"), 2 if cfg.copy_input else 1
+    w_in, halves = state.pop("latent_in.weight"), 1 + cfg.copy_slots
     state["ref_in.weight"] = w_in[:, : cfg.latent_ch].clone()
     state["ref_in.bias"] = state["latent_in.bias"].clone()
     # Channel index c*patch^2 + i*patch + j, with i = sub-token row * q + a (and j alike).

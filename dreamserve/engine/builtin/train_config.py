@@ -17,9 +17,12 @@ class TrainConfig:
     # Fine tokens (dit.py): the shipped one-token-per-cell model drew one blob for every shape.
     # Local convolutions (dit.Block) and rotary positions (dit.Attention): drawing a shape
     # wherever its object is (MODEL_CARD.md); half the rotary pairs unturned, a place-free
-    # channel for words and content (dit module docstring).
+    # channel for words and content (dit module docstring). Every input in the copy path: the
+    # shapes of objects from images 2-3 were lost in combining (dit module docstring).
     dit: DiTConfig = field(
-        default_factory=lambda: DiTConfig(split=2, local=3, rope=True, rope_unturned=0.5)
+        default_factory=lambda: DiTConfig(
+            split=2, local=3, rope=True, rope_unturned=0.5, copy_refs=True
+        )
     )
     ae_minutes: float = 8.0
     ae_batch: int = 24
@@ -94,7 +97,9 @@ CONFIGS: dict[str, TrainConfig] = {
     # For tests: trains a few steps of a toy-sized model in seconds.
     "tiny": TrainConfig(
         ae=AEConfig(latent_ch=4, enc_ch=(8, 8, 8, 8), dec_ch=(8, 8, 8, 8), patch=1),
-        dit=DiTConfig(latent_ch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0, patch=1, local=3),
+        dit=DiTConfig(
+            latent_ch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0, patch=1, local=3, copy_refs=True
+        ),
         ae_batch=2,
         ae_max_steps=2,
         sr=SRConfig(ch=4),

@@ -39,7 +39,7 @@ def test_old_configs_load_without_the_copy_path() -> None:
     del d["copy_input"], d["time_shift"], d["rope"]
     old = DiTConfig.from_dict(d)
     assert old.copy_input is False and old.time_shift == 1.5  # as the first model was sampled
-    assert old.rope is False
+    assert old.rope is False and old.copy_refs is False and old.copy_slots == 0
     assert DiTConfig().copy_input is True
 
 
@@ -55,6 +55,31 @@ def test_the_copy_path_feeds_image_one_to_the_target_tokens() -> None:
         b = model(x, t, text, mask, [ref])
         model.latent_in.weight.copy_(w)
     assert a.shape == x.shape and not torch.allclose(a, b)
+
+
+def test_copy_refs_gives_every_input_its_own_slot_in_the_target_tokens() -> None:
+    torch.manual_seed(0)
+    cfg = DiTConfig(**{**SMALL.to_dict(), "copy_refs": True})  # max_images 4: 3 slots
+    model = _perturb(DiT(cfg))
+    assert cfg.copy_slots == 3 and model.latent_in.in_features == 4 * 4
+    x, t, text, mask, r1, r2 = _inputs(2)
+    with torch.no_grad():
+        a = model(x, t, text, mask, [r1, r2])
+        # Image 2's slot (columns 8:12) carries it: zeroing that slot changes the output,
+        # zeroing the empty third slot (no image 3 given) does not.
+        w = model.latent_in.weight.clone()
+        model.latent_in.weight[:, 12:] = 0.0
+        same = model(x, t, text, mask, [r1, r2])
+        model.latent_in.weight[:, 8:12] = 0.0
+        b = model(x, t, text, mask, [r1, r2])
+        model.latent_in.weight.copy_(w)
+        # An input on another grid is seen only in the sequence: its slot stays empty.
+        small = torch.randn(2, 4, 2, 2)
+        c = model(x, t, text, mask, [r1, small])
+        model.latent_in.weight[:, 8:] = 0.0
+        d = model(x, t, text, mask, [r1, small])
+    assert torch.allclose(a, same) and not torch.allclose(a, b) and torch.allclose(c, d)
+    assert DiTConfig(copy_input=False, copy_refs=True).copy_slots == 0
 
 
 def test_time_shift_moves_times_towards_noise_and_keeps_the_ends() -> None:

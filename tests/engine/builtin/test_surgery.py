@@ -1,9 +1,16 @@
 import copy
+from dataclasses import replace
 
 import torch
 
 from dreamserve.engine.builtin.dit import DiT, DiTConfig, to_fine
-from dreamserve.engine.builtin.surgery import add_copy_path, add_local, add_rope, split_tokens
+from dreamserve.engine.builtin.surgery import (
+    add_copy_path,
+    add_local,
+    add_ref_copies,
+    add_rope,
+    split_tokens,
+)
 
 # 16 latent channels per cell: one AE channel pixel-unshuffled by a 4x4 patch.
 CELLS = DiTConfig(latent_ch=16, patch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0)
@@ -33,6 +40,29 @@ def test_adding_the_copy_path_keeps_the_models_function() -> None:
     with torch.no_grad():
         assert torch.allclose(old(x, t, text, mask, [ref]), new(x, t, text, mask, [ref]))
     assert add_copy_path(new) is new
+
+
+def test_adding_copy_slots_for_every_input_keeps_the_function_and_they_then_train() -> None:
+    torch.manual_seed(0)
+    old = _perturb(DiT(replace(CELLS, split=2)))  # copies image 1 into 4-channel fine tokens
+    new = add_ref_copies(old).eval()
+    assert new.cfg.copy_refs and new.latent_in.in_features == 4 * (1 + 3)
+    t, text, mask = _text()
+    x, refs = torch.randn(2, 16, 3, 5), [torch.randn(2, 16, 3, 5) for _ in range(3)]
+    with torch.no_grad():
+        assert torch.allclose(old(x, t, text, mask, refs), new(x, t, text, mask, refs), atol=1e-6)
+    # The new columns are zero, but not their gradient: image 2's slot starts learning.
+    new.train()
+    new(x, t, text, mask, refs).square().mean().backward()
+    grad = new.latent_in.weight.grad
+    assert grad is not None and grad[:, 8:16].abs().sum() > 0
+    assert add_ref_copies(new) is new
+    try:
+        add_ref_copies(DiT(replace(CELLS, copy_input=False)))
+    except ValueError as e:
+        assert "no copy path" in str(e)
+    else:
+        raise AssertionError("copy slots need the copy path they extend")
 
 
 def _cell_constant(b: int, gh: int, gw: int) -> torch.Tensor:

@@ -56,14 +56,15 @@ def test_a_peak_learning_rate_out_of_range_is_refused_with_the_rule(
 def test_resuming_a_model_from_before_the_copy_path_grows_it(tmp_path: Path) -> None:
     out = tmp_path / "run"
     old = copy.deepcopy(CONFIGS["tiny"])
-    old.dit.copy_input, old.dit.time_shift = False, 1.0
+    old.dit.copy_input, old.dit.copy_refs, old.dit.time_shift = False, False, 1.0
     state = checkpoint.new_state(old)
     state.ae_done = True
     out.mkdir()
     checkpoint.save(state, out)
     assert train.main(out=out, config="tiny", resume=True) == 0
     grown = checkpoint.load(out / "ckpt.pt")
-    assert grown.cfg.dit.copy_input and grown.dit.latent_in.in_features == 8
+    # Both copy paths grown: image 1's, then one slot per other input (4 channels each).
+    assert grown.cfg.dit.copy_refs and grown.dit.latent_in.in_features == 4 * (1 + 3)
     assert grown.ema.cfg.time_shift == CONFIGS["tiny"].dit.time_shift  # exported with the EMA
     assert grown.dit_step == 4
 
