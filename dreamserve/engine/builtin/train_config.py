@@ -91,8 +91,9 @@ CONFIGS: dict[str, TrainConfig] = {
     # The shipped model's schedule with reference batches a quarter of the mix (15% of the
     # samples instead of 9%), taken from t2i and shape batches alike: reference drifted down
     # over three continuations while the text-to-image rows held. Tried in session 14: the
-    # reference row did not move and the text-to-image rows fell a little; not shipped
-    # (MODEL_CARD.md, "Session 14").
+    # reference row did not move and the text-to-image rows fell a little; not shipped. Session
+    # 15 trained the new copy slots under it (shipped): reference rose, count fell
+    # (MODEL_CARD.md, "Session 14" and "Session 15").
     "refmix": TrainConfig(mix=(0.25, 0.25, 0.25, 0.25)),
     # For tests: trains a few steps of a toy-sized model in seconds.
     "tiny": TrainConfig(

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import torch
 
 from dreamserve.engine.builtin.dit import (
@@ -59,7 +61,7 @@ def test_the_copy_path_feeds_image_one_to_the_target_tokens() -> None:
 
 def test_copy_refs_gives_every_input_its_own_slot_in_the_target_tokens() -> None:
     torch.manual_seed(0)
-    cfg = DiTConfig(**{**SMALL.to_dict(), "copy_refs": True})  # max_images 4: 3 slots
+    cfg = replace(SMALL, copy_refs=True)  # max_images 4: 3 slots
     model = _perturb(DiT(cfg))
     assert cfg.copy_slots == 3 and model.latent_in.in_features == 4 * 4
     x, t, text, mask, r1, r2 = _inputs(2)
