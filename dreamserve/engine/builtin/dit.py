@@ -14,8 +14,8 @@ Objects here are 1-3 cells wide: with one token per cell a shape lives *inside* 
 has to be drawn by one linear layer; the split-1 model drew the same blob for every shape word
 after 400k samples. With four tokens per cell a shape is mostly *which tokens* are on, the
 layout the model had learned. Input images stay one token per cell in the sequence (their
-shape is read, not drawn, and fine references would quadruple the sequence); image 1 still
-reaches every fine target token through the copy path.
+shape is read, not drawn, and fine references would quadruple the sequence); image 1 (with
+`copy_refs`, every input) still reaches every fine target token through the copy path.
 
 The copy path (`copy_input`): image 1's latents are also concatenated to the target tokens'
 channels (as in InstructPix2Pix), position by position. In-context attention alone has to

@@ -152,9 +152,9 @@ def check_task(img: Image.Image, spec: TaskSpec, inputs: list[Scene], tgt: Scene
 
 
 def check_combine(found: list[Found], inputs: list[Scene], t: Tally) -> None:
-    """Not targets: each asked object on its own, by the input it comes from. Only image 1
-    reaches the fine target tokens through the copy path (dit.py), so a shape that survives
-    from image 1 and not from the others points there (MODEL_CARD.md, session 14)."""
+    """Not targets: each asked object on its own, by the input it comes from. Until the copy
+    slots (DiTConfig.copy_refs) only image 1 reached the fine target tokens, and shapes from
+    the other images were lost (MODEL_CARD.md, sessions 14-15): these rows measure that gap."""
     for k, scene in enumerate(inputs):
         for o in scene.objects:
             if k == 0:

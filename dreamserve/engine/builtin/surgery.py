@@ -64,12 +64,12 @@ def split_tokens(old: DiT, split: int) -> DiT:
     new = DiT(cfg)
     state = old.state_dict()
     ch, q, D = cfg.latent_ch // cfg.patch**2, cfg.patch // split, cfg.dim
-    w_in, halves = state.pop("latent_in.weight"), 1 + cfg.copy_slots
+    w_in, groups = state.pop("latent_in.weight"), 1 + cfg.copy_slots  # own + copied inputs
     state["ref_in.weight"] = w_in[:, : cfg.latent_ch].clone()
     state["ref_in.bias"] = state["latent_in.bias"].clone()
     # Channel index c*patch^2 + i*patch + j, with i = sub-token row * q + a (and j alike).
-    parts = w_in.view(D, halves, ch, split, q, split, q).sum(dim=(3, 5))  # (D, 2, ch, q, q)
-    state["latent_in.weight"] = parts.reshape(D, halves * cfg.token_ch)
+    parts = w_in.view(D, groups, ch, split, q, split, q).sum(dim=(3, 5))  # (D, groups, ch, q, q)
+    state["latent_in.weight"] = parts.reshape(D, groups * cfg.token_ch)
     w_out, b_out = state["out.weight"], state["out.bias"]  # (latent_ch, D), (latent_ch,)
     state["out.weight"] = w_out.view(ch, split, q, split, q, D).mean(dim=(1, 3)).reshape(-1, D)
     state["out.bias"] = b_out.view(ch, split, q, split, q).mean(dim=(1, 3)).reshape(-1)
