@@ -30,7 +30,8 @@ colour, but the shapes of objects from images 2-3 only 9/41 times against 28/33 
 (MODEL_CARD.md, session 14): in the sequence an input is one token per 16x16 cell, too coarse
 to carry a shape, and only image 1 reached the fine target tokens position by position.
 Grown at zero, the slots brought those shapes through 16/41 times after 108 minutes and
-21/41 after 105 more and 23/41 after 108 more (sessions 17 and 19).
+21/41 after 105 more, 23/41 after 108 more and 28/41 after 105 more (sessions 17, 19
+and 21).
 
 Local convolutions (`local`, from session 6): a 3x3 depthwise convolution over the target
 tokens inside every block's MLP (SANA's Mix-FFN). A shape is drawn *around* an object that
