@@ -142,6 +142,13 @@ def train(
         float | None,
         typer.Option(help="The transformer's peak learning rate (default: the config's)."),
     ] = None,
+    tune_decoder: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Minutes of training the decoder alone (encoder frozen) before the DiT.",
+        ),
+    ] = 0.0,
 ) -> None:
     """Train the built-in model (resumable; checkpoints carry their config)."""
     from dreamserve.engine.builtin.train import main as train_main
@@ -154,6 +161,7 @@ def train(
         fresh_dit=new_dit,
         rope_gain=rope_gain,
         lr=lr,
+        tune_decoder=tune_decoder,
     )
     raise typer.Exit(code)
 
@@ -168,11 +176,18 @@ def evaluate(
     guidance: Annotated[
         float | None, typer.Option(help="Classifier-free guidance; defaults to the model's.")
     ] = None,
+    draw: Annotated[
+        int,
+        typer.Option(
+            min=0, help="0: the held-out set MODEL_CARD's columns use; another: a fresh one."
+        ),
+    ] = 0,
 ) -> None:
     """Score the model on held-out prompts with the automatic checker."""
     from dreamserve.engine.builtin.evaluate import main as eval_main
 
-    raise typer.Exit(eval_main(checkpoint=checkpoint, samples=samples, out=out, guidance=guidance))
+    code = eval_main(checkpoint=checkpoint, samples=samples, out=out, guidance=guidance, draw=draw)
+    raise typer.Exit(code)
 
 
 if __name__ == "__main__":

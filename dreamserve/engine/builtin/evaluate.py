@@ -6,7 +6,9 @@ small grammar ("change the pink house to green"), so for some edit types nearly 
 is in the 4500-task pool: each edit tries 50 draws for an unseen sentence and otherwise keeps a
 seen one (the report counts them as `edit_seen_text`), so that every edit type is scored; its
 scene is always new. Images are generated at the decoder's native 256 px (1:1) and checked
-there; edits are scored against the input image.
+there; edits are scored against the input image. `--draw` picks another held-out set.
+Beside the targets, `ceiling:*` rows score the autoencoder's round trip of true scenes: the
+most a transformer could reach through this decoder and checker.
 Writes report.json, report.md (the table), grid.png (samples with their prompts) and
 shapes.png (`shape_probe`: does the shape word change the drawing?) and shape_time.png
 (`shape_time_probe`: from which flow time does the model keep a shape it is given?).
@@ -31,6 +33,7 @@ from dreamserve.engine.builtin import weights
 from dreamserve.engine.builtin.captions import (
     PromptSpec,
     count_spec,
+    realize,
     relation_spec,
     single_spec,
 )
@@ -170,8 +173,15 @@ def evaluate(
     seen: set[str],
     steps: int = 10,
     guidance: float | None = None,
+    draw: int = 0,
 ) -> Tally:
-    rnd = random.Random(EVAL_SEED)
+    """`draw` 0: the prompts, scenes and noise of every column in MODEL_CARD.md. Another
+    number draws a fresh held-out set, so that a checkpoint picked for its draw-0 scores
+    (where the scatter between near-identical models is ~5 points a row) can be confirmed on
+    prompts and seeds it was not picked on."""
+    rnd = random.Random(EVAL_SEED + draw)
+    ceiling_rnd = random.Random(EVAL_SEED + draw + 1)  # its own draws: the rest stay as they were
+    seed0 = 100_000 * draw
     t = Tally()
     t2i = _held_out(single_spec, samples, seen, rnd) + _held_out(relation_spec, samples, seen, rnd)
     t2i += _held_out(count_spec, samples, seen, rnd)
@@ -180,9 +190,10 @@ def evaluate(
     for i, spec in enumerate(t2i):
         bar.update()
         img = sampler(
-            SampleSpec(spec.text, 1000 + i, SIZE, SIZE, guidance, steps), [], lambda: None
+            SampleSpec(spec.text, seed0 + 1000 + i, SIZE, SIZE, guidance, steps), [], lambda: None
         )
         check_t2i(img, spec, t)
+        check_ceiling(sampler, spec, ceiling_rnd, t)
         if i % max(samples, 1) < 4:
             t.samples.append((spec.text, img))
     tasks = [_unseen_edit(rnd, op, seen) for op in EDIT_OPS for _ in range(per_op)]
@@ -194,13 +205,26 @@ def evaluate(
         inputs, tgt = realize_task(task, rnd)
         imgs = [render(s, SIZE, SIZE, 2) for s in inputs]
         out = sampler(
-            SampleSpec(task.text, 5000 + i, SIZE, SIZE, guidance, steps), imgs, lambda: None
+            SampleSpec(task.text, seed0 + 5000 + i, SIZE, SIZE, guidance, steps), imgs, lambda: None
         )
         check_task(out, task, inputs, tgt, t)
         if i % per_op == 0:
             t.samples.append((task.text, _strip([*imgs, out])))
     bar.close()
     return t
+
+
+def check_ceiling(sampler: Sampler, spec: PromptSpec, rnd: random.Random, t: Tally) -> None:
+    """Not targets: the text-to-image checks on the autoencoder's round trip of a true scene
+    for the prompt (render, encode, decode, upscale), as `ceiling:<row>`. No transformer can
+    score above them: they are what the decoder, upscaler and checker let through. Session 24
+    found colour+shape there at 73%, under its 95% target (MODEL_CARD.md)."""
+    gw, gh = grid_for(SIZE, SIZE)
+    z = sampler.encode_images([render(realize(spec, rnd), SIZE, SIZE, 2)], gw, gh)[0]
+    inner = Tally()
+    check_t2i(sampler.render(z, SIZE, SIZE), spec, inner)
+    for key, oks in inner.ok.items():
+        t.add(f"ceiling:{key}", oks[0])
 
 
 def shape_probe(sampler: Sampler, seed: int = 7) -> Image.Image:
@@ -321,6 +345,7 @@ def main(
     samples: int = 50,
     out: Path = Path("eval"),
     guidance: float | None = None,
+    draw: int = 0,
 ) -> int:
     torch.manual_seed(0)
     src = checkpoint if checkpoint is not None else weights.PACKAGE_WEIGHTS
@@ -333,7 +358,7 @@ def main(
     seen = {s.text for s in t2i} | {s.text for s in edit}
     start = time.monotonic()
     sampler = Sampler(models.ae, models.dit, models.sr, TextEncoder())
-    tally = evaluate(sampler, samples, seen, guidance=guidance)
+    tally = evaluate(sampler, samples, seen, guidance=guidance, draw=draw)
     rows = table(tally)
     counts = {k: len(v) for k, v in tally.ok.items()} | {"edit_psnr_db": len(tally.psnrs)}
     out.mkdir(parents=True, exist_ok=True)
@@ -342,6 +367,7 @@ def main(
         "meta": meta,
         "samples": samples,
         "guidance": guidance_or_default(guidance),
+        "draw": draw,
         "seconds": round(time.monotonic() - start, 1),
         "results": rows,
         "counts": counts,

@@ -2,9 +2,11 @@ import json
 import random
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dreamserve.engine.builtin import evaluate, train
@@ -12,6 +14,7 @@ from dreamserve.engine.builtin.captions import ObjSpec, PromptSpec
 from dreamserve.engine.builtin.checker import find_objects, scene_colors
 from dreamserve.engine.builtin.evaluate import TARGETS, Tally, markdown, table
 from dreamserve.engine.builtin.render import Obj, Scene, render
+from dreamserve.engine.builtin.sample import Sampler, SampleSpec
 
 
 def test_table_marks_each_target_met_or_not() -> None:
@@ -103,3 +106,47 @@ def test_combine_rows_tell_a_shape_lost_from_the_other_images_from_a_wrong_place
     assert rows["combine:image_1"] == 1.0
     assert rows["combine:other_images"] == 0.0  # shapes lost...
     assert rows["combine:other_in_place"] == 1.0  # ...by objects brought to their places
+
+
+class _RoundTrip:
+    """A sampler's image paths without a model: encode keeps the image, render returns it
+    (lossless) or a blank one (a decoder that loses everything). Generating records the
+    prompt and seed and draws nothing."""
+
+    def __init__(self, lossless: bool = True) -> None:
+        self.lossless, self.kept = lossless, Image.new("RGB", (256, 256))
+        self.asked: list[tuple[str, int]] = []
+
+    def __call__(self, spec: SampleSpec, images: object, on_step: object) -> Image.Image:
+        self.asked.append((spec.prompt, spec.seed))
+        return Image.new("RGB", (spec.width, spec.height), "white")
+
+    def encode_images(self, images: list[Image.Image], gw: int, gh: int) -> list[torch.Tensor]:
+        self.kept = images[0]
+        return [torch.zeros(1, 1, gh, gw)]
+
+    def render(self, z: torch.Tensor, width: int, height: int) -> Image.Image:
+        return self.kept if self.lossless else Image.new("RGB", (width, height), "white")
+
+
+def test_ceiling_rows_score_the_round_trip_of_a_true_scene() -> None:
+    spec = evaluate.single_spec(random.Random(1))
+    for lossless, want in ((True, True), (False, False)):
+        t = Tally()
+        evaluate.check_ceiling(cast(Sampler, _RoundTrip(lossless)), spec, random.Random(2), t)
+        assert t.ok["ceiling:color_shape"] == [want]
+        assert "color_shape" not in t.ok  # the target rows are the model's alone
+
+
+def test_draw_zero_repeats_the_held_out_set_and_another_draw_is_fresh() -> None:
+    def asked(draw: int) -> list[tuple[str, int]]:
+        fake = _RoundTrip()
+        evaluate.evaluate(cast(Sampler, fake), 2, set(), draw=draw)
+        return fake.asked
+
+    first, again, other = asked(0), asked(0), asked(1)
+    assert first == again
+    assert len(other) == len(first)
+    t2i = slice(0, 6)  # 2 single, relation, count (reference sentences are a fixed few)
+    assert not {p for p, _ in first[t2i]} & {p for p, _ in other[t2i]}  # new prompts...
+    assert not {s for _, s in first} & {s for _, s in other}  # ...and new noise
