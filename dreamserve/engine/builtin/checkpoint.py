@@ -44,6 +44,7 @@ class State:
     opt_dit: torch.optim.Optimizer
     opt_sr: torch.optim.Optimizer
     ae_step: int = 0
+    dec_step: int = 0  # decoder-only steps after the AE was frozen (image_steps.decoder_step)
     dit_step: int = 0
     sr_step: int = 0
     ae_done: bool = False
@@ -98,6 +99,7 @@ def save(state: State, out: Path) -> None:
         "opt_sr": state.opt_sr.state_dict(),
         "counters": {
             "ae_step": state.ae_step,
+            "dec_step": state.dec_step,
             "dit_step": state.dit_step,
             "sr_step": state.sr_step,
             "ae_done": state.ae_done,
@@ -146,6 +148,7 @@ def from_package(want: TrainConfig) -> State:
     state.ae_done = state.sr_done = True
     state.sr_step = int(meta.get("sr_steps", 0))
     state.ae_step, state.dit_step = int(meta.get("ae_steps", 0)), int(meta.get("dit_steps", 0))
+    state.dec_step = int(meta.get("decoder_steps", 0))
     state.seconds = float(meta.get("train_seconds", 0.0))
     return state
 
@@ -220,6 +223,7 @@ def provenance(state: State) -> dict[str, Any]:
         commit = ""
     return {
         "ae_steps": state.ae_step,
+        "decoder_steps": state.dec_step,
         "dit_steps": state.dit_step,
         "sr_steps": state.sr_step,
         "train_seconds": round(state.seconds, 1),

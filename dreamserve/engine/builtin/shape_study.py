@@ -41,11 +41,12 @@ from dreamserve.engine.builtin.checker import find_objects, matches
 from dreamserve.engine.builtin.data import object_masks, render_batch
 from dreamserve.engine.builtin.dit import DiT, DiTConfig
 from dreamserve.engine.builtin.evaluate import EVAL_SEED, SIZE, grid, probe_prompt
+from dreamserve.engine.builtin.image_steps import optimize
 from dreamserve.engine.builtin.render import SHAPES, SIZES, Obj, Scene
 from dreamserve.engine.builtin.sample import Sampler, SampleSpec
 from dreamserve.engine.builtin.surgery import add_local, add_rope
 from dreamserve.engine.builtin.textenc import TextEncoder
-from dreamserve.engine.builtin.train import flow_loss, optimize
+from dreamserve.engine.builtin.train import flow_loss
 from dreamserve.engine.builtin.train_config import TrainConfig
 
 PLACES = ("centre", "anywhere", "grammar")

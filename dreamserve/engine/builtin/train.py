@@ -31,80 +31,19 @@ from dreamserve.engine.builtin.checkpoint import (
     new_state,
     save,
 )
-from dreamserve.engine.builtin.data import Pools, build_pools, render_batch, sample_batch
+from dreamserve.engine.builtin.data import Pools, build_pools
 from dreamserve.engine.builtin.dit import DiT, shift_time
+from dreamserve.engine.builtin.image_steps import (
+    ae_step,
+    decoder_step,
+    finish_ae,
+    optimize,
+    sr_step,
+)
 from dreamserve.engine.builtin.stream import Rendered, batches
 from dreamserve.engine.builtin.train_config import CONFIGS, TrainConfig
-from dreamserve.engine.builtin.upscaler import image_gradients
 
 Log = Callable[[str], None]
-
-
-def optimize(
-    opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, max_norm: float | None = None
-) -> None:
-    """One step at learning rate `lr` (times a group's `lr_scale`), gradients clipped to
-    `max_norm` first if given."""
-    for g in opt.param_groups:
-        g["lr"] = lr * g.get("lr_scale", 1.0)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if max_norm is not None:
-        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], max_norm)
-    opt.step()
-
-
-def ae_step(state: State, rnd: random.Random, pools: Pools, lr: float) -> float:
-    """One AE step on aligned random crops (64 px in, 128 px out): convs are local, crops cheap."""
-    cfg = state.cfg
-    scenes = sample_batch(pools, rnd.choice(("t2i", "edit")), cfg.ae_batch, rnd).target
-    # One 256 px render serves both ends: the decoder's target and (2x2-averaged) the input.
-    y = render_batch(scenes, 8, 8, scale=2).to(cfg.device)  # (B, 3, 256, 256)
-    x = F.avg_pool2d(y, 2)  # (B, 3, 128, 128)
-    i, j = rnd.randrange(5) * 16, rnd.randrange(5) * 16
-    loss, parts = state.ae.loss(
-        x[:, :, i : i + 64, j : j + 64], y[:, :, 2 * i : 2 * i + 128, 2 * j : 2 * j + 128]
-    )
-    optimize(state.opt_ae, loss, lr)
-    state.ae_step += 1
-    return parts["mse"]
-
-
-def sr_step(state: State, rnd: random.Random, pools: Pools, lr: float) -> float:
-    """One upscaler step: a 128 px image to 512 px, against the scene rendered natively there.
-
-    Most inputs are what the sampler hands over (the autoencoder's 2x decode, here of a 64 px
-    render); a quarter are clean renders, whose edges sit exactly where the target's do, so
-    the slope is also learned from edges the decoder did not blur or move. Loss: MSE plus
-    L1 between the image gradients. MSE alone fits edges the decoder may have moved by
-    softening them (its slope fell from 16 to 14 in 200 steps); the gradient term pays for
-    edges as steep as the target's, and kept them 13% sharper at the same MSE.
-    """
-    cfg, dev = state.cfg, torch.device(state.cfg.device)
-    scenes = sample_batch(pools, rnd.choice(("t2i", "edit")), cfg.sr_batch, rnd).target
-    if rnd.random() < 0.75:
-        with torch.no_grad():
-            x = state.ae.decode(state.ae.encode(render_batch(scenes, 4, 4).to(dev)))  # 128 px
-    else:
-        x = render_batch(scenes, 8, 8).to(dev)
-    y = (render_batch(scenes, 8, 8, scale=4).to(dev) + 1) / 2  # (B, 3, 512, 512)
-    out = state.sr(((x + 1) / 2).clamp(0, 1), 512, 512)
-    mse = F.mse_loss(out, y)
-    grads = zip(image_gradients(out), image_gradients(y), strict=True)
-    loss = mse + 0.5 * sum((a - b).abs().mean() for a, b in grads)
-    optimize(state.opt_sr, loss, lr)
-    state.sr_step += 1
-    return 4 * mse.item()  # in [-1, 1] units, as the AE's
-
-
-@torch.no_grad()
-def finish_ae(state: State, rnd: random.Random, pools: Pools) -> None:
-    """Freeze the AE and set latent_scale so the DiT sees unit-variance latents."""
-    scenes = sample_batch(pools, "t2i", 64, rnd).target
-    z = state.ae.encoder(render_batch(scenes, 8, 8).to(state.cfg.device))
-    state.ae.cfg.latent_scale = float(z.std())
-    state.cfg.ae = state.ae.cfg
-    state.ae_done = True
 
 
 def flow_times(n: int, shift: float, uniform: float, dev: torch.device) -> torch.Tensor:
@@ -250,6 +189,22 @@ def train_ae(state: State, pools: Pools, clock: Clock, rnd: random.Random, log: 
     log(f"ae done after {state.ae_step} steps, latent_scale {state.ae.cfg.latent_scale:.3f}")
 
 
+def train_decoder(
+    state: State, pools: Pools, clock: Clock, minutes: float, rnd: random.Random, log: Log
+) -> None:
+    """`--tune-decoder`: the decoder alone for `minutes`, then the upscaler again (it learned
+    the old decoder's output) before the DiT goes on with what is left of the budget."""
+    cfg = state.cfg
+    secs = min(minutes * 60, max(clock.left(), 1.0))
+    # Half the first stage's peak: the decoder is trained already, this refines it.
+    train_stage(
+        "decoder", decoder_step, state, pools, rnd, (secs, cfg.ae_max_steps, cfg.ae_lr / 2), log
+    )
+    state.sr_done = False
+    clock.account()
+    log(f"decoder tuned for {state.dec_step} steps in all, encoder unchanged")
+
+
 def train_sr(state: State, pools: Pools, clock: Clock, rnd: random.Random, log: Log) -> None:
     cfg = state.cfg
     secs = min(cfg.sr_minutes * 60, max(clock.left(), 1.0))
@@ -287,7 +242,9 @@ def train_dit(state: State, pools: Pools, clock: Clock, out: Path, log: Log) -> 
     bar.close()
 
 
-def run(state: State, out: Path, max_minutes: float | None, log: Log = print) -> None:
+def run(
+    state: State, out: Path, max_minutes: float | None, log: Log = print, tune_decoder: float = 0
+) -> None:
     cfg = state.cfg
     torch.set_num_threads(cfg.threads)
     clock = Clock(state, max_minutes)
@@ -296,6 +253,10 @@ def run(state: State, out: Path, max_minutes: float | None, log: Log = print) ->
     if not state.ae_done:
         train_ae(state, pools, clock, random.Random(cfg.seed + state.ae_step), log)
         save(state, out)
+    if tune_decoder > 0:
+        rnd = random.Random(cfg.seed + state.dec_step)
+        train_decoder(state, pools, clock, tune_decoder, rnd, log)
+        save(state, out)
     if not state.sr_done:
         train_sr(state, pools, clock, random.Random(cfg.seed + 1 + state.sr_step), log)
         save(state, out)
@@ -303,7 +264,8 @@ def run(state: State, out: Path, max_minutes: float | None, log: Log = print) ->
     clock.account()
     save(state, out)
     minutes = state.seconds / 60
-    steps = f"ae {state.ae_step}, upscaler {state.sr_step}, dit {state.dit_step}"
+    steps = f"ae {state.ae_step} (+ decoder {state.dec_step}), upscaler {state.sr_step}, "
+    steps += f"dit {state.dit_step}"
     log(f"done: {steps} steps, {minutes:.1f} min in all")
 
 
@@ -315,12 +277,14 @@ def main(
     fresh_dit: bool = False,
     rope_gain: float = 0.0,
     lr: float | None = None,
+    tune_decoder: float = 0.0,
 ) -> int:
     """`fresh_dit`: keep the autoencoder and upscaler that resuming would (out/ckpt.pt, else
     the shipped ones) and train a new transformer (checkpoint.new_dit). `rope_gain`: where
     rotary gains grown onto a model without them start (checkpoint.grow). `lr`: the DiT's peak
     learning rate instead of the config's; a continuation of a trained model (MODEL_CARD.md,
-    session 11) can lose more than it gains by re-warming to the full one."""
+    session 11) can lose more than it gains by re-warming to the full one. `tune_decoder`:
+    minutes of `decoder_step` (then the upscaler again) before the DiT's share of the run."""
     if config not in CONFIGS:
         print(f"unknown config {config!r}; choose one of {', '.join(CONFIGS)}")
         return 2
@@ -347,5 +311,5 @@ def main(
     def log(msg: str) -> None:
         tqdm.write(f"[{time.strftime('%H:%M:%S')}] {msg}")
 
-    run(state, out, max_minutes, log)
+    run(state, out, max_minutes, log, tune_decoder)
     return 0

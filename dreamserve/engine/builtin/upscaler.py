@@ -13,7 +13,7 @@ colours. The upscaler draws that mix at the output's resolution instead of stret
    is an edge at all (two learned thresholds; smooth gradients keep the bilinear value).
 
 Every parameter is fitted by `dreamserve train` against the renderer drawing the same scene
-natively at 4x the decoder's size (`train.sr_step`). A plain sub-pixel conv net (ESPCN) was
+natively at 4x the decoder's size (`image_steps.sr_step`). A plain sub-pixel conv net (ESPCN) was
 tried first and stayed at bilinear within the stage's few hundred steps: edges are ~2% of the
 pixels, and the net's cheapest answer was to add nothing. This structure starts where a
 sharpening upscaler should (the last layer is zero, so step 0 draws edges with the initial

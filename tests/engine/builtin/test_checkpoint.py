@@ -5,7 +5,7 @@ import pytest
 
 from dreamserve.engine.builtin.checkpoint import grow, new_state, resume_config
 from dreamserve.engine.builtin.dit import DiTConfig
-from dreamserve.engine.builtin.train import optimize
+from dreamserve.engine.builtin.image_steps import optimize
 from dreamserve.engine.builtin.train_config import CONFIGS
 
 

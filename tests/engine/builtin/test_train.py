@@ -27,6 +27,25 @@ def test_trains_a_few_steps_checkpoints_and_resumes(tmp_path: Path) -> None:
     assert again.ae_step == 2 and again.sr_step == 2 and again.dit_step == 8  # DiT continued
 
 
+@pytest.mark.slow
+def test_tuning_the_decoder_keeps_the_encoder_and_trains_the_upscaler_again(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "run"
+    assert train.main(out=out, config="tiny") == 0
+    before = checkpoint.load(out / "ckpt.pt")
+    assert train.main(out=out, config="tiny", resume=True, tune_decoder=1.0) == 0
+    after = checkpoint.load(out / "ckpt.pt")
+    assert after.dec_step == 2 and after.ae_step == 2  # steps capped by the tiny config
+    assert after.sr_step == 4 and after.dit_step == 8  # the upscaler ran again, the DiT went on
+    enc, dec = before.ae.encoder.state_dict(), before.ae.decoder.state_dict()
+    assert all(torch.equal(v, after.ae.encoder.state_dict()[k]) for k, v in enc.items())
+    assert after.ae.cfg.latent_scale == before.ae.cfg.latent_scale  # the DiT's latents as were
+    assert not all(torch.equal(v, after.ae.decoder.state_dict()[k]) for k, v in dec.items())
+    meta = json.loads((out / "weights" / "config.json").read_text())["meta"]
+    assert meta["decoder_steps"] == 2
+
+
 def test_unknown_config_is_refused(tmp_path: Path) -> None:
     assert train.main(out=tmp_path, config="nope") == 2
 
