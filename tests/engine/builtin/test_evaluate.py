@@ -150,3 +150,12 @@ def test_draw_zero_repeats_the_held_out_set_and_another_draw_is_fresh() -> None:
     t2i = slice(0, 6)  # 2 single, relation, count (reference sentences are a fixed few)
     assert not {p for p, _ in first[t2i]} & {p for p, _ in other[t2i]}  # new prompts...
     assert not {s for _, s in first} & {s for _, s in other}  # ...and new noise
+
+
+def test_a_lossless_round_trip_puts_every_ceiling_row_at_100_percent() -> None:
+    rows = table(evaluate.evaluate(cast(Sampler, _RoundTrip()), 3, set()))
+    ceilings = {k: v for k, v in rows.items() if k.startswith("ceiling:")}
+    rows_asked = ("color_shape", "position", "relation", "relation_layout", "count", "edit")
+    assert set(ceilings) == {f"ceiling:{k}" for k in (*rows_asked, "reference")}
+    assert all(v == 1.0 for v in ceilings.values())  # the checker passes every true scene
+    assert rows["color_shape"] == 0.0  # the model's rows are its own (it drew blank images)
