@@ -149,6 +149,13 @@ def train(
             help="Minutes of training the decoder alone (encoder frozen) before the DiT.",
         ),
     ] = 0.0,
+    decoder_blocks: Annotated[
+        str | None,
+        typer.Option(
+            help="Grow the decoder to these residual blocks per stage before --tune-decoder,"
+            " as FIRST,LAST (the shipped decoder's are listed in its config.json).",
+        ),
+    ] = None,
 ) -> None:
     """Train the built-in model (resumable; checkpoints carry their config)."""
     from dreamserve.engine.builtin.train import main as train_main
@@ -162,8 +169,21 @@ def train(
         rope_gain=rope_gain,
         lr=lr,
         tune_decoder=tune_decoder,
+        decoder_blocks=_block_pair(decoder_blocks),
     )
     raise typer.Exit(code)
+
+
+def _block_pair(text: str | None) -> tuple[int, int] | None:
+    """`--decoder-blocks 3,2` -> (3, 2); anything else is a usage error naming the rule."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise typer.BadParameter(
+            "two whole numbers, FIRST,LAST (e.g. 3,2)", param_hint="--decoder-blocks"
+        )
+    return int(parts[0]), int(parts[1])
 
 
 @app.command("eval")

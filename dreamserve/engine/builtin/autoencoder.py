@@ -36,6 +36,10 @@ class AEConfig:
     latent_ch: int = 8
     enc_ch: tuple[int, ...] = (64, 96)  # after each stride-2 stage: /2 /4
     dec_ch: tuple[int, ...] = (96, 64)  # at /4 /2 of the input
+    # Residual blocks at the latent's resolution and after the last upsampling. More were
+    # grown onto the trained decoder when its one block had stopped gaining
+    # (surgery.add_decoder_blocks, MODEL_CARD.md session 25).
+    dec_blocks: tuple[int, ...] = (1, 0)
     # The DiT sees patch x patch latent pixels as one token (space-to-depth), so a 4x-down
     # latent still gives one token per 16x16 input pixels. A 4x AE learned several times
     # faster than a 16x one in measured CPU-minutes (24.6 vs 17 dB after 175 steps).
@@ -51,6 +55,7 @@ class AEConfig:
         kw = dict(d)
         kw["enc_ch"] = tuple(kw["enc_ch"])  # type: ignore[arg-type]
         kw["dec_ch"] = tuple(kw["dec_ch"])  # type: ignore[arg-type]
+        kw["dec_blocks"] = tuple(kw.get("dec_blocks", (1, 0)))  # type: ignore[arg-type]
         return cls(**kw)  # type: ignore[arg-type]
 
 
@@ -75,9 +80,13 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg: AEConfig) -> None:
         super().__init__()
-        chs = cfg.dec_ch
+        chs, blocks = cfg.dec_ch, cfg.dec_blocks
+        if len(blocks) != 2 or blocks[0] < 1 or blocks[1] < 0:
+            raise ValueError(f"dec_blocks {blocks}: two counts (first stage >= 1, last >= 0)")
         self.inp = nn.Conv2d(cfg.latent_ch, chs[0], 3, padding=1)
+        # res0 and the later blocks apart so the first (session 1) decoder's keys still load
         self.res0 = ResConv(chs[0])
+        self.more0 = nn.Sequential(*(ResConv(chs[0]) for _ in range(blocks[0] - 1)))
         ups: list[nn.Module] = []
         for a, b in zip(chs[:-1], chs[1:], strict=True):
             ups += [
@@ -86,11 +95,13 @@ class Decoder(nn.Module):
                 nn.SiLU(),
             ]
         self.ups = nn.Sequential(*ups)
+        self.more1 = nn.Sequential(*(ResConv(chs[-1]) for _ in range(blocks[1])))
         # (B, 64, 8h, 8w) -> (B, 3*4*4, 8h, 8w) -> pixel shuffle -> (B, 3, 32h, 32w)
         self.head = nn.Conv2d(chs[-1], 3 * 16, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.ups(self.res0(F.silu(self.inp(z))))
+        h = self.more0(self.res0(F.silu(self.inp(z))))
+        h = self.more1(self.ups(h))
         return F.pixel_shuffle(self.head(h), 4)
 
 

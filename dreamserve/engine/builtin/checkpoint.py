@@ -21,6 +21,7 @@ from dreamserve.engine.builtin.autoencoder import AEConfig, AutoEncoder
 from dreamserve.engine.builtin.dit import DiT
 from dreamserve.engine.builtin.surgery import (
     add_copy_path,
+    add_decoder_blocks,
     add_local,
     add_ref_copies,
     add_rope,
@@ -191,6 +192,20 @@ def grow(state: State, want: TrainConfig, rope_gain: float = 0.0) -> State:
     state.ema = grown(state.ema).to(dev).requires_grad_(False)
     state.cfg.dit = state.dit.cfg
     state.opt_dit = _dit_optimizer(state.dit, state.cfg)
+    return state
+
+
+def grow_decoder(state: State, blocks: tuple[int, int]) -> State:
+    """The decoder grown to `blocks` residual blocks per stage (surgery.add_decoder_blocks),
+    for `--tune-decoder` to train: the one-block decoder had stopped gaining (MODEL_CARD.md,
+    session 25). The AE's AdamW moments restart with its new parameters."""
+    if tuple(blocks) == tuple(state.ae.cfg.dec_blocks):
+        return state
+    state.ae = add_decoder_blocks(state.ae.cpu(), blocks).to(torch.device(state.cfg.device))
+    state.cfg.ae = state.ae.cfg
+    state.opt_ae = torch.optim.AdamW(
+        state.ae.parameters(), lr=state.cfg.ae_lr, weight_decay=0.0, fused=True
+    )
     return state
 
 

@@ -1,4 +1,4 @@
-"""Growing a trained DiT into a newer shape without starting over.
+"""Growing a trained DiT (or decoder) into a newer shape without starting over.
 
 Each function returns a model that computes what the old one did (the copy path), or what it
 did on smooth latents (fine tokens), so training continues from the old model's knowledge of
@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import torch
 
+from dreamserve.engine.builtin.autoencoder import AutoEncoder
 from dreamserve.engine.builtin.dit import DiT
 
 
@@ -119,3 +120,18 @@ def unturn_pairs(model: DiT, share: float) -> DiT:
     on from there."""
     model.cfg = replace(model.cfg, rope_unturned=share)
     return model
+
+
+def add_decoder_blocks(old: AutoEncoder, blocks: tuple[int, int]) -> AutoEncoder:
+    """`old` with `blocks` residual blocks in its decoder's two stages (AEConfig.dec_blocks),
+    computing what `old` computes: each new block's last convolution starts at zero, so it
+    starts as the identity. The encoder, and so every latent a DiT was trained on, is kept."""
+    have = old.cfg.dec_blocks
+    if tuple(blocks) == tuple(have):
+        return old
+    if any(b < h for b, h in zip(blocks, have, strict=True)):
+        raise ValueError(f"decoder blocks {blocks}: growing never removes any of {have}")
+    new = AutoEncoder(replace(old.cfg, dec_blocks=tuple(blocks)))
+    missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
+    assert not unexpected and all(".more" in k for k in missing), (missing, unexpected)
+    return new

@@ -26,6 +26,7 @@ from dreamserve.engine.builtin.checkpoint import (
     State,
     from_package,
     grow,
+    grow_decoder,
     load,
     new_dit,
     new_state,
@@ -278,15 +279,21 @@ def main(
     rope_gain: float = 0.0,
     lr: float | None = None,
     tune_decoder: float = 0.0,
+    decoder_blocks: tuple[int, int] | None = None,
 ) -> int:
     """`fresh_dit`: keep the autoencoder and upscaler that resuming would (out/ckpt.pt, else
     the shipped ones) and train a new transformer (checkpoint.new_dit). `rope_gain`: where
     rotary gains grown onto a model without them start (checkpoint.grow). `lr`: the DiT's peak
     learning rate instead of the config's; a continuation of a trained model (MODEL_CARD.md,
     session 11) can lose more than it gains by re-warming to the full one. `tune_decoder`:
-    minutes of `decoder_step` (then the upscaler again) before the DiT's share of the run."""
+    minutes of `decoder_step` (then the upscaler again) before the DiT's share of the run.
+    `decoder_blocks`: grow the decoder to that many residual blocks per stage first
+    (checkpoint.grow_decoder); only with `tune_decoder`, which trains them."""
     if config not in CONFIGS:
         print(f"unknown config {config!r}; choose one of {', '.join(CONFIGS)}")
+        return 2
+    if decoder_blocks is not None and not tune_decoder > 0:
+        print("--decoder-blocks grows the decoder for --tune-decoder to train: give both")
         return 2
     if lr is not None and not 0 < lr <= 1e-2:
         print(f"--lr {lr:g}: the peak learning rate must be above 0 and at most 1e-2")
@@ -306,6 +313,12 @@ def main(
     else:
         state = new_state(want)
     state = new_dit(state, want) if fresh_dit else grow(state, want, rope_gain)
+    if decoder_blocks is not None:
+        try:
+            state = grow_decoder(state, decoder_blocks)
+        except ValueError as e:
+            print(f"--decoder-blocks: {e}")
+            return 2
     (out / "config.json").write_text(json.dumps(asdict(state.cfg), indent=2) + "\n")
 
     def log(msg: str) -> None:

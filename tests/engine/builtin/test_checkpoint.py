@@ -3,7 +3,8 @@ from dataclasses import replace
 
 import pytest
 
-from dreamserve.engine.builtin.checkpoint import grow, new_state, resume_config
+from dreamserve.engine.builtin.autoencoder import AEConfig
+from dreamserve.engine.builtin.checkpoint import grow, grow_decoder, new_state, resume_config
 from dreamserve.engine.builtin.dit import DiTConfig
 from dreamserve.engine.builtin.image_steps import optimize
 from dreamserve.engine.builtin.train_config import CONFIGS
@@ -84,3 +85,19 @@ def test_growing_leaves_the_configs_share_of_rotary_pairs_unturned() -> None:
         cfgs = (state.cfg.dit, state.dit.cfg, state.ema.cfg)
         assert all(c.rope and c.rope_unturned == 0.5 for c in cfgs)
         assert grow(state, want) is state
+
+
+def test_a_config_from_before_decoder_blocks_builds_the_one_block_decoder() -> None:
+    old = {k: v for k, v in AEConfig().to_dict().items() if k != "dec_blocks"}
+    assert AEConfig.from_dict(old).dec_blocks == (1, 0)
+    assert AEConfig.from_dict({**old, "dec_blocks": [3, 2]}).dec_blocks == (3, 2)  # from JSON
+
+
+def test_growing_the_decoder_gives_the_optimiser_its_new_parameters() -> None:
+    state = new_state(copy.deepcopy(CONFIGS["tiny"]))
+    before = sum(p.numel() for p in state.ae.parameters())
+    state = grow_decoder(state, (2, 1))
+    assert state.cfg.ae.dec_blocks == (2, 1) and state.ae.cfg is state.cfg.ae
+    params = {id(p) for g in state.opt_ae.param_groups for p in g["params"]}
+    assert params == {id(p) for p in state.ae.parameters()}
+    assert sum(p.numel() for p in state.ae.parameters()) > before

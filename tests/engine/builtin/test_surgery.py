@@ -1,11 +1,14 @@
 import copy
 from dataclasses import replace
 
+import pytest
 import torch
 
+from dreamserve.engine.builtin.autoencoder import AEConfig, AutoEncoder
 from dreamserve.engine.builtin.dit import DiT, DiTConfig, to_fine
 from dreamserve.engine.builtin.surgery import (
     add_copy_path,
+    add_decoder_blocks,
     add_local,
     add_ref_copies,
     add_rope,
@@ -170,3 +173,31 @@ def test_rotary_positions_grown_at_gain_one_are_on_and_keep_the_other_weights() 
     x = torch.randn(2, 16, 3, 5)
     with torch.no_grad():
         assert not torch.allclose(old(x, t, text, mask), new(x, t, text, mask), atol=1e-4)
+
+
+def test_growing_the_decoder_keeps_the_function_and_the_new_blocks_then_train() -> None:
+    torch.manual_seed(0)
+    old = AutoEncoder(AEConfig(latent_ch=4, enc_ch=(8, 8), dec_ch=(8, 8), patch=1)).eval()
+    with torch.no_grad():  # trained blocks have non-zero residuals: make res0 one of them
+        old.decoder.res0.conv2.weight.normal_(0, 0.1)
+    new = add_decoder_blocks(old, (3, 2)).eval()
+    assert new.cfg.dec_blocks == (3, 2) and old.cfg.dec_blocks == (1, 0)
+    assert len(new.decoder.more0) == 2 and len(new.decoder.more1) == 2
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    z = old.encode(x)
+    assert torch.equal(z, new.encode(x))  # the encoder, so the DiT's latents, as they were
+    with torch.no_grad():
+        assert torch.allclose(old.decode(z), new.decode(z), atol=1e-6)
+    # A new block's zeroed last convolution still gets a gradient (its input is not zero).
+    new.decode(z).pow(2).sum().backward()
+    grad = new.decoder.more1[0].conv2.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    assert add_decoder_blocks(new, (3, 2)) is new
+
+
+def test_growing_the_decoder_never_removes_a_trained_block() -> None:
+    grown = AutoEncoder(AEConfig(latent_ch=4, enc_ch=(8, 8), dec_ch=(8, 8), dec_blocks=(2, 1)))
+    with pytest.raises(ValueError, match="never removes"):
+        add_decoder_blocks(grown, (1, 1))
+    with pytest.raises(ValueError, match="two counts"):
+        AutoEncoder(AEConfig(dec_blocks=(0, 1)))

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from dreamserve.cli import app
 from dreamserve.engine.builtin import checkpoint, train, weights
 from dreamserve.engine.builtin.train_config import CONFIGS
 
@@ -44,6 +46,41 @@ def test_tuning_the_decoder_keeps_the_encoder_and_trains_the_upscaler_again(
     assert not all(torch.equal(v, after.ae.decoder.state_dict()[k]) for k, v in dec.items())
     meta = json.loads((out / "weights" / "config.json").read_text())["meta"]
     assert meta["decoder_steps"] == 2
+
+
+@pytest.mark.slow
+def test_a_decoder_grown_for_tuning_ships_and_resumes_with_its_blocks(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert train.main(out=out, config="tiny") == 0
+    grown = dict(resume=True, tune_decoder=1.0, decoder_blocks=(2, 1))
+    assert train.main(out=out, config="tiny", **grown) == 0  # type: ignore[arg-type]
+    after = checkpoint.load(out / "ckpt.pt")
+    assert after.ae.cfg.dec_blocks == (2, 1) and after.dec_step == 2
+    assert len(after.ae.decoder.more0) == 1 and len(after.ae.decoder.more1) == 1
+    shipped = weights.load(out / "weights")  # config.json carries the blocks to build
+    assert shipped.ae.cfg.dec_blocks == (2, 1)
+    ae, tuned = shipped.ae.decoder.state_dict(), after.ae.decoder.state_dict()
+    assert all(torch.allclose(v, tuned[k].half().float()) for k, v in ae.items())
+    # Shrinking is refused with the rule; the checkpoint keeps its blocks.
+    shrink = dict(resume=True, tune_decoder=1.0, decoder_blocks=(1, 1))
+    assert train.main(out=out, config="tiny", **shrink) == 2  # type: ignore[arg-type]
+    assert checkpoint.load(out / "ckpt.pt").ae.cfg.dec_blocks == (2, 1)
+
+
+def test_decoder_blocks_without_tuning_are_refused_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert train.main(out=tmp_path, config="tiny", decoder_blocks=(2, 1)) == 2
+    assert "--tune-decoder" in capsys.readouterr().out
+    assert not (tmp_path / "ckpt.pt").exists()
+
+
+@pytest.mark.parametrize("blocks", ["3", "3,x", "3,2,1", "-1,2"])
+def test_the_cli_names_the_form_of_decoder_blocks(tmp_path: Path, blocks: str) -> None:
+    args = ["train", "--out", str(tmp_path), "--tune-decoder", "1", "--decoder-blocks", blocks]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "FIRST,LAST" in result.output, result.output
+    assert not (tmp_path / "ckpt.pt").exists()
 
 
 def test_unknown_config_is_refused(tmp_path: Path) -> None:
