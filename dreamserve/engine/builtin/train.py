@@ -197,9 +197,10 @@ def train_decoder(
     the old decoder's output) before the DiT goes on with what is left of the budget."""
     cfg = state.cfg
     secs = min(minutes * 60, max(clock.left(), 1.0))
-    # Half the first stage's peak: the decoder is trained already, this refines it.
+    # A quarter of the first stage's peak: the decoder is trained already, this refines it.
+    # Session 24 tuned at half; a grown decoder diverged there (MODEL_CARD.md, session 25).
     train_stage(
-        "decoder", decoder_step, state, pools, rnd, (secs, cfg.ae_max_steps, cfg.ae_lr / 2), log
+        "decoder", decoder_step, state, pools, rnd, (secs, cfg.ae_max_steps, cfg.ae_lr / 4), log
     )
     state.sr_done = False
     clock.account()
