@@ -63,11 +63,15 @@ def new_state(cfg: TrainConfig) -> State:
         dit,
         copy.deepcopy(dit).requires_grad_(False),
         sr,
-        # fused: the per-tensor Python loop of plain AdamW cost ~0.5 s a step on 2 cores
-        torch.optim.AdamW(ae.parameters(), lr=cfg.ae_lr, weight_decay=0.0, fused=True),
+        _ae_optimizer(ae, cfg),
         _dit_optimizer(dit, cfg),
         torch.optim.AdamW(sr.parameters(), lr=cfg.sr_lr, weight_decay=0.0, fused=True),
     )
+
+
+def _ae_optimizer(ae: AutoEncoder, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # fused: the per-tensor Python loop of plain AdamW cost ~0.5 s a step on 2 cores
+    return torch.optim.AdamW(ae.parameters(), lr=cfg.ae_lr, weight_decay=0.0, fused=True)
 
 
 def _dit_optimizer(dit: DiT, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -199,13 +203,12 @@ def grow_decoder(state: State, blocks: tuple[int, int]) -> State:
     """The decoder grown to `blocks` residual blocks per stage (surgery.add_decoder_blocks),
     for `--tune-decoder` to train: the one-block decoder had stopped gaining (MODEL_CARD.md,
     session 25). The AE's AdamW moments restart with its new parameters."""
-    if tuple(blocks) == tuple(state.ae.cfg.dec_blocks):
+    grown = add_decoder_blocks(state.ae, blocks)  # built on the CPU, the weights copied in
+    if grown is state.ae:
         return state
-    state.ae = add_decoder_blocks(state.ae.cpu(), blocks).to(torch.device(state.cfg.device))
+    state.ae = grown.to(torch.device(state.cfg.device))
     state.cfg.ae = state.ae.cfg
-    state.opt_ae = torch.optim.AdamW(
-        state.ae.parameters(), lr=state.cfg.ae_lr, weight_decay=0.0, fused=True
-    )
+    state.opt_ae = _ae_optimizer(state.ae, state.cfg)
     return state
 
 
