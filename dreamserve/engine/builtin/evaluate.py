@@ -9,6 +9,9 @@ scene is always new. Images are generated at the decoder's native 256 px (1:1) a
 there; edits are scored against the input image. `--draw` picks another held-out set.
 Beside the targets, `ceiling:*` rows score the autoencoder's round trip of true scenes: the
 most a transformer could reach through this decoder and checker.
+Rows with a colon split a target: per edit or reference task, per asked number (`count:3`),
+and two failure modes that are not targets: `count:over` (more objects drawn than asked) and
+`relation:leak` (an object drawn with the other asked object's shape instead of its own).
 Writes report.json, report.md (the table), grid.png (samples with their prompts) and
 shapes.png (`shape_probe`: does the shape word change the drawing?) and shape_time.png
 (`shape_time_probe`: from which flow time does the model keep a shape it is given?).
@@ -20,17 +23,17 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
 from dreamserve.engine.builtin import weights
 from dreamserve.engine.builtin.captions import (
+    ObjSpec,
     PromptSpec,
     count_spec,
     realize,
@@ -48,6 +51,14 @@ from dreamserve.engine.builtin.checker import (
     scene_in,
 )
 from dreamserve.engine.builtin.data import grid_for, make_specs
+from dreamserve.engine.builtin.eval_report import (
+    SIZE,
+    Tally,
+    grid,
+    markdown,
+    strip,
+    table,
+)
 from dreamserve.engine.builtin.pairs import (
     EDIT_OPS,
     REF_OPS,
@@ -61,26 +72,6 @@ from dreamserve.engine.builtin.sample import Sampler, SampleSpec, guidance_or_de
 from dreamserve.engine.builtin.textenc import TextEncoder
 
 EVAL_SEED = 987_654  # never used by training (training pools use TrainConfig.seed)
-SIZE = 256
-TARGETS = {
-    "color_shape": 0.95,
-    "position": 0.90,
-    "relation": 0.80,
-    "count": 0.80,
-    "edit": 0.85,
-    "edit_psnr_db": 28.0,
-    "reference": 0.75,
-}
-
-
-@dataclass
-class Tally:
-    ok: dict[str, list[bool]] = field(default_factory=dict)
-    psnrs: list[float] = field(default_factory=list)
-    samples: list[tuple[str, Image.Image]] = field(default_factory=list)
-
-    def add(self, key: str, good: bool) -> None:
-        self.ok.setdefault(key, []).append(bool(good))
 
 
 def _held_out(
@@ -113,9 +104,22 @@ def check_t2i(img: Image.Image, spec: PromptSpec, t: Tally) -> None:
         ca = sorted((f for f in found if f.color == a.color), key=lambda f: -f.area)
         cb = sorted((f for f in found if f.color == b.color), key=lambda f: -f.area)
         t.add("relation_layout", bool(ca and cb) and _placed(ca[0], cb[0], rel))
+        t.add("relation:leak", _leaked(a, b, found) or _leaked(b, a, found))
     else:
-        o = spec.objs[0]
-        t.add("count", sum(f.color == o.color for f in found) == spec.count)
+        n = sum(f.color == spec.objs[0].color for f in found)
+        t.add("count", n == spec.count)
+        # Not targets: accuracy per asked number, and how often more were drawn than asked
+        # (session 26: plurals came out as a field of 5-15 objects, whatever the number).
+        t.add(f"count:{spec.count}", n == spec.count)
+        t.add("count:over", n > spec.count)
+
+
+def _leaked(obj: ObjSpec, other: ObjSpec, found: list[Found]) -> bool:
+    """Not a target: `obj` drawn in its colour with the other asked object's shape and never
+    its own (session 26: "a green square below a blue moon" -> two squares). It tells a
+    shape bound to the wrong object from a shape drawn badly."""
+    mine = {f.shape for f in found if f.color == obj.color}
+    return obj.shape != other.shape and obj.shape not in mine and other.shape in mine
 
 
 def _placed(a: Found, b: Found, relation: str) -> bool:
@@ -212,7 +216,7 @@ def evaluate(
         check_task(round_trip(sampler, tgt), task, inputs, tgt, inner)
         add_ceiling(inner, t)
         if i % per_op == 0:
-            t.samples.append((task.text, _strip([*imgs, out])))
+            t.samples.append((task.text, strip([*imgs, out])))
     bar.close()
     return t
 
@@ -303,57 +307,6 @@ def _unseen_edit(rnd: random.Random, op: str, seen: set[str], tries: int = 50) -
             break
         task = edit_spec(rnd, op)
     return task
-
-
-def _strip(imgs: list[Image.Image]) -> Image.Image:
-    out = Image.new("RGB", (SIZE * len(imgs), SIZE), "white")
-    for k, im in enumerate(imgs):
-        out.paste(im, (k * SIZE, 0))
-    return out
-
-
-def grid(samples: list[tuple[str, Image.Image]], max_width: int = 8 * SIZE) -> Image.Image:
-    """Samples left to right, wrapping at max_width, each with its prompt under it."""
-    pad, label = 8, 34
-    rows: list[list[tuple[str, Image.Image]]] = [[]]
-    for text, im in samples:
-        used = sum(x.width + pad for _, x in rows[-1])
-        if rows[-1] and used + im.width > max_width:
-            rows.append([])
-        rows[-1].append((text, im))
-    width = max(sum(x.width + pad for _, x in row) for row in rows)
-    g = Image.new("RGB", (width, (SIZE + label) * len(rows)), "white")
-    d = ImageDraw.Draw(g)
-    for r, row in enumerate(rows):
-        x, y = 0, r * (SIZE + label)
-        for text, im in row:
-            g.paste(im, (x, y))
-            chars = max(im.width // 6, 10)  # the default bitmap font is 6 px a character
-            lines = [text[i : i + chars] for i in range(0, min(len(text), 2 * chars), chars)]
-            d.multiline_text((x + 2, y + SIZE + 3), "\n".join(lines), fill=(0, 0, 0))
-            x += im.width + pad
-    return g
-
-
-def table(t: Tally) -> dict[str, float]:
-    rows = {k: float(np.mean(v)) for k, v in sorted(t.ok.items())}
-    rows["edit_psnr_db"] = float(np.median(t.psnrs)) if t.psnrs else 0.0
-    return rows
-
-
-def markdown(rows: dict[str, float], counts: dict[str, int]) -> str:
-    lines = ["| metric | result | target | met |", "| --- | --- | --- | --- |"]
-    for k, v in rows.items():
-        target = TARGETS.get(k)
-        shown = f"{v:.1f} dB" if k.endswith("_db") else f"{v:.1%} (n={counts.get(k, 0)})"
-        tgt = (
-            ""
-            if target is None
-            else (f">= {target:.0f} dB" if k.endswith("_db") else f">= {target:.0%}")
-        )
-        met = "" if target is None else ("yes" if v >= target else "no")
-        lines.append(f"| {k} | {shown} | {tgt} | {met} |")
-    return "\n".join(lines) + "\n"
 
 
 def main(

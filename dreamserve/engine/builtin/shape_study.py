@@ -40,7 +40,8 @@ from dreamserve.engine.builtin.captions import PromptSpec, realize, single_spec
 from dreamserve.engine.builtin.checker import find_objects, matches
 from dreamserve.engine.builtin.data import object_masks, render_batch
 from dreamserve.engine.builtin.dit import DiT, DiTConfig
-from dreamserve.engine.builtin.evaluate import EVAL_SEED, SIZE, grid, probe_prompt
+from dreamserve.engine.builtin.eval_report import SIZE, grid
+from dreamserve.engine.builtin.evaluate import EVAL_SEED, probe_prompt
 from dreamserve.engine.builtin.image_steps import optimize
 from dreamserve.engine.builtin.render import SHAPES, SIZES, Obj, Scene
 from dreamserve.engine.builtin.sample import Sampler, SampleSpec
