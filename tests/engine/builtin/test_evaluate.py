@@ -43,20 +43,25 @@ def test_edits_prefer_sentences_the_training_never_saw() -> None:
     assert task.op == "recolor" and task.text != first.text
 
 
+def _rows(spec: PromptSpec, *objs: Obj) -> dict[str, float]:
+    """check_t2i's rows for a true render of `objs` on white."""
+    t = Tally()
+    evaluate.check_t2i(render(Scene("white", objs), 256, 256), spec, t)
+    return table(t)
+
+
+def _above(a: ObjSpec, b: ObjSpec) -> PromptSpec:
+    text = f"a {a.color} {a.shape} above a {b.color} {b.shape} on a white background"
+    return PromptSpec("relation", "white", (a, b), text, relation="above")
+
+
 def test_relation_layout_tells_a_wrong_layout_from_wrong_shapes() -> None:
-    spec = PromptSpec(
-        "relation",
-        "white",
-        (ObjSpec("circle", "red"), ObjSpec("square", "blue")),
-        "a red circle above a blue square on a white background",
-        relation="above",
-    )
+    spec = _above(ObjSpec("circle", "red"), ObjSpec("square", "blue"))
 
     def scored(top: str, top_y: float) -> dict[str, float]:
-        objs = (Obj(top, "red", 0.5, top_y, 0.25), Obj("square", "blue", 0.5, 1 - top_y, 0.25))
-        t = Tally()
-        evaluate.check_t2i(render(Scene("white", objs), 256, 256), spec, t)
-        return table(t)
+        return _rows(
+            spec, Obj(top, "red", 0.5, top_y, 0.25), Obj("square", "blue", 0.5, 1 - top_y, 0.25)
+        )
 
     assert scored("circle", 0.25) | {"edit_psnr_db": 0} == {
         "relation": 1.0,
@@ -70,19 +75,11 @@ def test_relation_layout_tells_a_wrong_layout_from_wrong_shapes() -> None:
 
 
 def test_leak_row_tells_a_shape_bound_to_the_wrong_object_from_a_shape_drawn_badly() -> None:
-    spec = PromptSpec(
-        "relation",
-        "white",
-        (ObjSpec("square", "green"), ObjSpec("moon", "blue")),
-        "a green square above a blue moon on a white background",
-        relation="above",
-    )
+    spec = _above(ObjSpec("square", "green"), ObjSpec("moon", "blue"))
 
     def leak(bottom: str) -> float:
         objs = (Obj("square", "green", 0.5, 0.25, 0.25), Obj(bottom, "blue", 0.5, 0.75, 0.25))
-        t = Tally()
-        evaluate.check_t2i(render(Scene("white", objs), 256, 256), spec, t)
-        return table(t)["relation:leak"]
+        return _rows(spec, *objs)["relation:leak"]
 
     assert leak("moon") == 0.0  # both right
     assert leak("square") == 1.0  # the moon wears the square's shape
@@ -92,13 +89,8 @@ def test_leak_row_tells_a_shape_bound_to_the_wrong_object_from_a_shape_drawn_bad
 def test_count_rows_split_by_asked_number_and_flag_too_many() -> None:
     def rows(asked: int, drawn: int) -> dict[str, float]:
         spec = PromptSpec("count", "white", (ObjSpec("heart", "red", "small"),), "x", count=asked)
-        objs = tuple(
-            Obj("heart", "red", 0.2 + 0.3 * (k % 3), 0.2 + 0.3 * (k // 3), 0.12)
-            for k in range(drawn)
-        )
-        t = Tally()
-        evaluate.check_t2i(render(Scene("white", objs), 256, 256), spec, t)
-        return table(t)
+        grid = [(0.2 + 0.3 * (k % 3), 0.2 + 0.3 * (k // 3)) for k in range(drawn)]
+        return _rows(spec, *(Obj("heart", "red", x, y, 0.12) for x, y in grid))
 
     assert rows(3, 3) | {"edit_psnr_db": 0} == {
         "count": 1.0,
