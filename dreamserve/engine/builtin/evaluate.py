@@ -104,21 +104,23 @@ def check_t2i(img: Image.Image, spec: PromptSpec, t: Tally) -> None:
         ca = sorted((f for f in found if f.color == a.color), key=lambda f: -f.area)
         cb = sorted((f for f in found if f.color == b.color), key=lambda f: -f.area)
         t.add("relation_layout", bool(ca and cb) and _placed(ca[0], cb[0], rel))
-        t.add("relation:leak", _leaked(a, b, found) or _leaked(b, a, found))
+        t.add("relation:leak", _leaked(a, b, ca) or _leaked(b, a, cb))
     else:
         n = sum(f.color == spec.objs[0].color for f in found)
-        t.add("count", n == spec.count)
+        right = n == spec.count
+        t.add("count", right)
         # Not targets: accuracy per asked number, and how often more were drawn than asked
         # (session 26: plurals came out as a field of 5-15 objects, whatever the number).
-        t.add(f"count:{spec.count}", n == spec.count)
+        t.add(f"count:{spec.count}", right)
         t.add("count:over", n > spec.count)
 
 
-def _leaked(obj: ObjSpec, other: ObjSpec, found: list[Found]) -> bool:
-    """Not a target: `obj` drawn in its colour with the other asked object's shape and never
-    its own (session 26: "a green square below a blue moon" -> two squares). It tells a
-    shape bound to the wrong object from a shape drawn badly."""
-    mine = {f.shape for f in found if f.color == obj.color}
+def _leaked(obj: ObjSpec, other: ObjSpec, in_color: list[Found]) -> bool:
+    """Not a target: `obj` drawn in its colour (`in_color`: the regions of that colour) with
+    the other asked object's shape and never its own (session 26: "a green square below a
+    blue moon" -> two squares). It tells a shape bound to the wrong object from a shape
+    drawn badly."""
+    mine = {f.shape for f in in_color}
     return obj.shape != other.shape and obj.shape not in mine and other.shape in mine
 
 
