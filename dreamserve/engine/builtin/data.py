@@ -88,6 +88,17 @@ class Pools:
         """
         return [s for s in self.t2i if s.kind == "single" and s.objs[0].size != "small"]
 
+    @functools.cached_property
+    def composed(self) -> list[PromptSpec]:
+        """The t2i captions of two or more objects (relations, counts): `compose` batches.
+
+        Why: these are the rows furthest under their ceilings (MODEL_CARD.md, "Session 26":
+        plurals drawn as a field, one object taking the other's shape), and in the default mix
+        get the fewest samples: 9% counts and 10% relations, against 50% one-object scenes
+        (t2i singles plus the shape batches).
+        """
+        return [s for s in self.t2i if s.kind in ("relation", "count")]
+
     def text_batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = torch.tensor([self.index[t] for t in texts])
         L = int(self.lengths[rows].max())
@@ -145,9 +156,9 @@ class Batch:
 
 
 def sample_batch(pools: Pools, kind: str, size: int, rnd: random.Random) -> Batch:
-    """kind: 't2i' | 'shape' | 'edit' | 'ref'. A batch's samples share their input count."""
-    if kind in ("t2i", "shape"):
-        prompts = pools.t2i if kind == "t2i" else pools.shapes
+    """kind: stream.KINDS. A batch's samples share their input count."""
+    if kind in ("t2i", "shape", "compose"):
+        prompts = {"t2i": pools.t2i, "shape": pools.shapes, "compose": pools.composed}[kind]
         specs = [rnd.choice(prompts) for _ in range(size)]
         return Batch([realize(s, rnd) for s in specs], [], [s.text for s in specs])
     pool = pools.edit if kind == "edit" else pools.ref

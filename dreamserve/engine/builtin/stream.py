@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dreamserve.engine.builtin.data import GRIDS, Pools, object_masks, render_batch, sample_batch
 
-KINDS = ("t2i", "edit", "ref", "shape")
+KINDS = ("t2i", "edit", "ref", "shape", "compose")
 
 
 @dataclass

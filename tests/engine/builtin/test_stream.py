@@ -18,7 +18,7 @@ def pools(tmp_path_factory: pytest.TempPathFactory) -> Pools:
 def test_a_drawn_batch_has_renders_for_the_target_and_every_input(pools: Pools) -> None:
     for kind_index, kind in enumerate(KINDS):
         mix = tuple(1.0 if k == kind_index else 0.0 for k in range(len(KINDS)))
-        b = draw(pools, mix, (3, 2, 2, 3), random.Random(kind_index))
+        b = draw(pools, mix, (3, 2, 2, 3, 3), random.Random(kind_index))
         assert b.kind == kind and len(b.texts) == b.target.shape[0]
         assert all(x.shape == b.target.shape for x in b.inputs)
         assert (len(b.inputs) > 0) == (kind in ("edit", "ref"))
@@ -26,21 +26,32 @@ def test_a_drawn_batch_has_renders_for_the_target_and_every_input(pools: Pools) 
 
 
 def test_inline_stream_is_determined_by_its_seed(pools: Pools) -> None:
-    a = [b.texts for b in itertools.islice(batches(pools, (1, 1, 1, 1), (2, 2, 2, 2), 5, 0), 3)]
-    b = [b.texts for b in itertools.islice(batches(pools, (1, 1, 1, 1), (2, 2, 2, 2), 5, 0), 3)]
-    assert a == b
+    def texts() -> list[list[str]]:
+        stream = batches(pools, (1, 1, 1, 1, 1), (2, 2, 2, 2, 2), 5, 0)
+        return [b.texts for b in itertools.islice(stream, 3)]
+
+    assert texts() == texts()
 
 
 @pytest.mark.slow
 def test_worker_processes_render_ahead(pools: Pools) -> None:
-    got = list(itertools.islice(batches(pools, (1, 1, 1, 1), (2, 2, 2, 2), 5, workers=2), 4))
+    stream = batches(pools, (1, 1, 1, 1, 1), (2, 2, 2, 2, 2), 5, workers=2)
+    got = list(itertools.islice(stream, 4))
     assert len(got) == 4 and all(isinstance(b.target, torch.Tensor) for b in got)
     assert all(b.texts[0] in pools.index for b in got)
 
 
 def test_shape_batches_hold_one_object_not_said_to_be_small(pools: Pools) -> None:
-    b = draw(pools, (0, 0, 0, 1), (2, 2, 2, 8), random.Random(3))
+    b = draw(pools, (0, 0, 0, 1, 0), (2, 2, 2, 8, 2), random.Random(3))
     specs = {s.text: s for s in pools.t2i}
     assert b.kind == "shape" and all(t in specs for t in b.texts)
     assert all(specs[t].kind == "single" and specs[t].objs[0].size != "small" for t in b.texts)
     assert 0 < len(pools.shapes) < len(pools.t2i)
+
+
+def test_compose_batches_hold_only_relations_and_counts(pools: Pools) -> None:
+    b = draw(pools, (0, 0, 0, 0, 1), (2, 2, 2, 2, 8), random.Random(4))
+    specs = {s.text: s for s in pools.t2i}
+    assert b.kind == "compose" and all(specs[t].kind in ("relation", "count") for t in b.texts)
+    kinds = {s.kind for s in pools.composed}
+    assert kinds == {"relation", "count"} and len(pools.composed) < len(pools.t2i)
