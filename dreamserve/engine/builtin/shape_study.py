@@ -4,17 +4,22 @@
 
 fine-tunes a copy of the shipped DiT on one-object scenes only and, before the first step and
 after each listed one, counts the probe images in which the checker finds the asked colour and
-shape. It measures the model, not a recipe to ship: the probes read the live weights (no EMA),
-and nothing is saved. Places:
+shape (with `--place count`: the asked number of objects). It measures the model, not a
+recipe to ship: the probes read the live weights (no EMA), and nothing is saved. Places:
 
 - centre: "a large red <shape> in the center on a white background", always in the centre
 - anywhere: "a large red <shape> on a white background", the centre anywhere in 0.2-0.8
 - grammar: the caption grammar's single objects that name a position and are not small, in
   any colour and on any background (the `shape` batches' positioned captions)
+- count: "three red stars on a white background", 1-4 small objects of one shape anywhere
+  (as the caption grammar places counts); not about shapes: whether the model can learn the
+  number words when it is given nothing else to learn (MODEL_CARD.md, "Session 27")
 
 Probes: for centre and anywhere, their own prompt for each of the 12 shapes with 3 seeds; for
-grammar, 36 captions drawn from the evaluation seed. `--times LO,HI` trains on flow times
-drawn uniformly from [LO, HI] instead of the config's shifted logit-normal ones.
+grammar, 36 captions drawn from the evaluation seed; for count, each number 1-4 with 9 shapes
+(a hit: exactly that many red regions, as the evaluation's count row counts). `--times LO,HI`
+trains on flow times drawn uniformly from [LO, HI] instead of the config's shifted
+logit-normal ones.
 
 `--scratch DIM` trains a new DiT (width DIM, 4 blocks, 64-dim heads, fine tokens) instead,
 with `--local` and `--rope` choosing its position machinery, at learning rate 1e-3: two runs
@@ -36,7 +41,14 @@ import torch
 from PIL import Image
 
 from dreamserve.engine.builtin import weights
-from dreamserve.engine.builtin.captions import PromptSpec, realize, single_spec
+from dreamserve.engine.builtin.captions import (
+    NUMBERS,
+    ObjSpec,
+    PromptSpec,
+    plural,
+    realize,
+    single_spec,
+)
 from dreamserve.engine.builtin.checker import find_objects, matches
 from dreamserve.engine.builtin.data import object_masks, render_batch
 from dreamserve.engine.builtin.dit import DiT, DiTConfig
@@ -50,8 +62,8 @@ from dreamserve.engine.builtin.textenc import TextEncoder
 from dreamserve.engine.builtin.train import flow_loss
 from dreamserve.engine.builtin.train_config import TrainConfig
 
-PLACES = ("centre", "anywhere", "grammar")
-Probe = tuple[str, str, str, int]  # prompt, colour, shape, seed
+PLACES = ("centre", "anywhere", "grammar", "count")
+Probe = tuple[str, str, str, int, int | None]  # prompt, colour, shape, seed, count (or None)
 
 
 def _template(place: str, shape: str) -> str:
@@ -66,10 +78,20 @@ def _positioned(rnd: random.Random) -> PromptSpec:
             return spec
 
 
+def _counted(shape: str, n: int) -> PromptSpec:
+    """n small red objects of one shape on white: the count place's caption and meaning."""
+    noun = f"red {plural(shape)}" if n > 1 else f"red {shape}"
+    text = f"{NUMBERS[n]} {noun} on a white background"
+    return PromptSpec("count", "white", (ObjSpec(shape, "red", "small"),), text, count=n)
+
+
 def draw(place: str, rnd: random.Random) -> tuple[str, Scene]:
     """One training example (caption, scene) for `place`."""
     if place == "grammar":
         spec = _positioned(rnd)
+        return spec.text, realize(spec, rnd)
+    if place == "count":
+        spec = _counted(rnd.choice(SHAPES), rnd.randint(1, 4))
         return spec.text, realize(spec, rnd)
     shape = rnd.choice(SHAPES)
     x, y = (0.5, 0.5) if place == "centre" else (rnd.uniform(0.2, 0.8), rnd.uniform(0.2, 0.8))
@@ -77,23 +99,40 @@ def draw(place: str, rnd: random.Random) -> tuple[str, Scene]:
 
 
 def probes(place: str, n: int = 36) -> list[Probe]:
-    if place != "grammar":
-        every = [(_template(place, s), "red", s, seed) for seed in (7, 8, 9) for s in SHAPES]
-        return every[:n]
-    rnd = random.Random(EVAL_SEED)
-    specs = [_positioned(rnd) for _ in range(n)]
-    return [(s.text, s.objs[0].color, s.objs[0].shape, 1000 + i) for i, s in enumerate(specs)]
+    every: list[Probe]
+    if place == "count":
+        every = [
+            (_counted(s, k).text, "red", s, 7 + i, k)
+            for i, s in enumerate(SHAPES[:9])
+            for k in NUMBERS
+        ]
+    elif place != "grammar":
+        every = [(_template(place, s), "red", s, seed, None) for seed in (7, 8, 9) for s in SHAPES]
+    else:
+        rnd = random.Random(EVAL_SEED)
+        specs = [_positioned(rnd) for _ in range(n)]
+        every = [
+            (s.text, s.objs[0].color, s.objs[0].shape, 1000 + i, None) for i, s in enumerate(specs)
+        ]
+    return every[:n]
 
 
 def score(sampler: Sampler, todo: list[Probe], shots: list[tuple[str, Image.Image]]) -> int:
-    """How many probe images hold an object of the asked colour and shape; each image is
-    appended to `shots` with a label saying which shape was asked and whether it was found."""
+    """How many probe images hold an object of the asked colour and shape (a count probe:
+    exactly the asked number of regions of its colour); each image is appended to `shots`
+    with a label saying what was asked and what was found."""
     hits = 0
-    for prompt, color, shape, seed in todo:
+    for prompt, color, shape, seed, count in todo:
         # Guidance 2.5, the default when the studies in MODEL_CARD.md were measured.
         img = sampler(SampleSpec(prompt, seed, SIZE, SIZE, 2.5, 10), [], lambda: None)
-        hit = any(matches(f, color, shape) for f in find_objects(img, [color]))
-        shots.append((f"{color} {shape}: {'found' if hit else 'not found'}", img))
+        found = find_objects(img, [color])
+        if count is None:
+            hit = any(matches(f, color, shape) for f in found)
+            label = f"{color} {shape}: {'found' if hit else 'not found'}"
+        else:
+            hit = len(found) == count
+            label = f"{count} asked: {len(found)} found"
+        shots.append((label, img))
         hits += hit
     return hits
 

@@ -3,6 +3,7 @@ import random
 import pytest
 
 from dreamserve.engine.builtin import shape_study
+from dreamserve.engine.builtin.captions import plural
 from dreamserve.engine.builtin.checker import cell_of
 from dreamserve.engine.builtin.render import SHAPES
 
@@ -23,11 +24,30 @@ def test_each_place_draws_the_object_where_its_name_says() -> None:
 def test_grammar_probes_are_positioned_single_objects_not_small() -> None:
     todo = shape_study.probes("grammar", 12)
     assert len(todo) == 12 and len({p[0] for p in todo}) > 6
-    assert all(shape in SHAPES for _, _, shape, _ in todo)
+    assert all(shape in SHAPES and count is None for _, _, shape, _, count in todo)
     assert shape_study.probes("centre")[:12] == [
-        (f"a large red {s} in the center on a white background", "red", s, 7) for s in SHAPES
+        (f"a large red {s} in the center on a white background", "red", s, 7, None) for s in SHAPES
     ]
     assert cell_of(0.5, 0.5) == ("center", "middle")
+
+
+def test_count_scenes_hold_as_many_objects_as_their_caption_says() -> None:
+    rnd, words = random.Random(2), {"one": 1, "two": 2, "three": 3, "four": 4}
+    seen = set()
+    for _ in range(40):
+        text, scene = shape_study.draw("count", rnd)
+        n = words[text.split()[0]]
+        assert len(scene.objects) == n and text.endswith("on a white background")
+        assert all(o.color == "red" and o.shape == scene.objects[0].shape for o in scene.objects)
+        seen.add(n)
+    assert seen == {1, 2, 3, 4}
+
+
+def test_count_probes_ask_each_number_as_often() -> None:
+    todo = shape_study.probes("count")
+    assert len(todo) == 36 and {p[4] for p in todo} == {1, 2, 3, 4}
+    assert [p[4] for p in todo].count(3) == 9
+    assert todo[2][0] == f"three red {plural(todo[2][2])} on a white background"
 
 
 @pytest.mark.slow
