@@ -117,14 +117,22 @@ def probes(place: str, n: int = 36) -> list[Probe]:
     return every[:n]
 
 
-def score(sampler: Sampler, todo: list[Probe], shots: list[tuple[str, Image.Image]]) -> int:
+# The default guidance when the studies in MODEL_CARD.md were measured (the service's is 4).
+GUIDANCE = 2.5
+
+
+def score(
+    sampler: Sampler,
+    todo: list[Probe],
+    shots: list[tuple[str, Image.Image]],
+    guidance: float = GUIDANCE,
+) -> int:
     """How many probe images hold an object of the asked colour and shape (a count probe:
     exactly the asked number of regions of its colour); each image is appended to `shots`
     with a label saying what was asked and what was found."""
     hits = 0
     for prompt, color, shape, seed, count in todo:
-        # Guidance 2.5, the default when the studies in MODEL_CARD.md were measured.
-        img = sampler(SampleSpec(prompt, seed, SIZE, SIZE, 2.5, 10), [], lambda: None)
+        img = sampler(SampleSpec(prompt, seed, SIZE, SIZE, guidance, 10), [], lambda: None)
         found = find_objects(img, [color])
         if count is None:
             hit = any(matches(f, color, shape) for f in found)
@@ -165,12 +173,13 @@ def study(
     scratch: int | None = None,
     out: Path | None = None,
     rope_gain: float = 0.0,
+    guidance: float = GUIDANCE,
 ) -> list[tuple[int, int, float]]:
     """(step, probe hits, mean loss since the last probe) before training and after each of
     `steps`; `times` (lo, hi): flow times uniform in that range; src: the weights to start
     from (and the autoencoder and upscaler to draw with); scratch: a new DiT of that width;
     out: a folder for each probe's images (`<place>-<step>.png`); rope_gain: where rotary
-    gains grown onto the shipped model start."""
+    gains grown onto the shipped model start; guidance: the probes' (1: none)."""
     models, enc, cfg = weights.load(src), TextEncoder(), TrainConfig()
     dit = _model(models.dit, local, rope, scratch, rope_gain)
     cfg.dit = dit.cfg
@@ -182,7 +191,7 @@ def study(
 
     def probe(step: int) -> tuple[int, int, float]:
         shots: list[tuple[str, Image.Image]] = []
-        hits = score(Sampler(models.ae, dit.eval(), models.sr, enc), todo, shots)
+        hits = score(Sampler(models.ae, dit.eval(), models.sr, enc), todo, shots, guidance)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             grid(shots).save(out / f"{place}-{step}.png")
@@ -220,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rope-gain", type=float, default=0.0, help="grown rotary gains start")
     p.add_argument("--scratch", type=int, default=None, help="DIM: train a new DiT this wide")
     p.add_argument("--out", type=Path, default=None, help="write each probe's images here")
+    p.add_argument("--guidance", type=float, default=GUIDANCE, help="the probes' guidance")
     p.add_argument("--threads", type=int, default=TrainConfig().threads, help="torch threads")
     args = p.parse_args(argv)
     times = None
@@ -231,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = [int(s) for s in args.steps.split(",")]
     study(
         args.place, steps, args.local, times=times, src=args.weights, rope=args.rope,
-        scratch=args.scratch, out=args.out, rope_gain=args.rope_gain,
+        scratch=args.scratch, out=args.out, rope_gain=args.rope_gain, guidance=args.guidance,
     )  # fmt: skip
     return 0
 

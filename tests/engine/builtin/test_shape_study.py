@@ -1,11 +1,14 @@
 import random
+from typing import cast
 
 import pytest
+from PIL import Image, ImageDraw
 
 from dreamserve.engine.builtin import shape_study
 from dreamserve.engine.builtin.captions import plural
 from dreamserve.engine.builtin.checker import cell_of
 from dreamserve.engine.builtin.render import SHAPES
+from dreamserve.engine.builtin.sample import Sampler, SampleSpec
 
 
 def test_each_place_draws_the_object_where_its_name_says() -> None:
@@ -48,6 +51,23 @@ def test_count_probes_ask_each_number_as_often() -> None:
     assert len(todo) == 36 and {p[4] for p in todo} == {1, 2, 3, 4}
     assert [p[4] for p in todo].count(3) == 9
     assert todo[2][0] == f"three red {plural(todo[2][2])} on a white background"
+
+
+def test_a_count_probe_hits_on_exactly_its_number_at_the_asked_guidance() -> None:
+    asked: list[float | None] = []
+
+    def two_squares(spec: SampleSpec, inputs: object, progress: object) -> Image.Image:
+        asked.append(spec.guidance)
+        img = Image.new("RGB", (spec.width, spec.height), "white")
+        for x in (40, 160):
+            ImageDraw.Draw(img).rectangle((x, 100, x + 50, 150), fill=(220, 30, 30))
+        return img
+
+    todo = [p for p in shape_study.probes("count") if p[2] == "square"]  # numbers 1-4
+    shots: list[tuple[str, Image.Image]] = []
+    hits = shape_study.score(cast(Sampler, two_squares), todo, shots, guidance=1.0)
+    assert hits == 1 and asked == [1.0] * 4  # only "two" has two
+    assert [label for label, _ in shots][:2] == ["1 asked: 2 found", "2 asked: 2 found"]
 
 
 @pytest.mark.slow
