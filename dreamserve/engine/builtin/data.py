@@ -157,8 +157,8 @@ class Batch:
 
 def sample_batch(pools: Pools, kind: str, size: int, rnd: random.Random) -> Batch:
     """kind: stream.KINDS. A batch's samples share their input count."""
-    if kind in ("t2i", "shape", "compose"):
-        prompts = {"t2i": pools.t2i, "shape": pools.shapes, "compose": pools.composed}[kind]
+    prompts = {"t2i": pools.t2i, "shape": pools.shapes, "compose": pools.composed}.get(kind)
+    if prompts is not None:
         specs = [rnd.choice(prompts) for _ in range(size)]
         return Batch([realize(s, rnd) for s in specs], [], [s.text for s in specs])
     pool = pools.edit if kind == "edit" else pools.ref

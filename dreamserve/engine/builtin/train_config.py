@@ -64,10 +64,11 @@ class TrainConfig:
         kw["dit"] = DiTConfig.from_dict(kw["dit"])
         # Checkpoints from before the trained upscaler carry no SR config: the default one.
         kw["sr"] = SRConfig.from_dict(kw.get("sr", SRConfig().to_dict()))
-        kw["mix"], kw["batch"] = tuple(kw["mix"]), tuple(kw["batch"])
-        # Saved before the shape (then the compose) batches: none of them.
-        while len(kw["mix"]) < len(TrainConfig().mix):
-            kw["mix"], kw["batch"] = (*kw["mix"], 0.0), (*kw["batch"], kw["batch"][0])
+        # As tuples (JSON gives lists), and saved before the shape (then the compose) batches:
+        # none of them.
+        missing = len(cls().mix) - len(kw["mix"])
+        kw["mix"] = (*kw["mix"], *[0.0] * missing)
+        kw["batch"] = (*kw["batch"], *[kw["batch"][0]] * missing)
         return cls(**kw)
 
 

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from dreamserve.engine.builtin import shape_study
-from dreamserve.engine.builtin.captions import plural
+from dreamserve.engine.builtin.captions import NUMBERS, plural
 from dreamserve.engine.builtin.checker import cell_of
 from dreamserve.engine.builtin.render import SHAPES
 from dreamserve.engine.builtin.sample import Sampler, SampleSpec
@@ -35,7 +35,7 @@ def test_grammar_probes_are_positioned_single_objects_not_small() -> None:
 
 
 def test_count_scenes_hold_as_many_objects_as_their_caption_says() -> None:
-    rnd, words = random.Random(2), {"one": 1, "two": 2, "three": 3, "four": 4}
+    rnd, words = random.Random(2), {word: n for n, word in NUMBERS.items()}
     seen = set()
     for _ in range(40):
         text, scene = shape_study.draw("count", rnd)
