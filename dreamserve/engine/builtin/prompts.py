@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import re
 
-from dreamserve.engine.builtin.captions import DEFAULT_ICON_COLOR, NUMBERS
+from dreamserve.engine.builtin.captions import (
+    BG_WORDS,
+    DEFAULT_ICON_COLOR,
+    NUMBERS,
+    ObjSpec,
+    PromptSpec,
+)
 from dreamserve.engine.builtin.render import BACKGROUNDS, COLORS, PLAIN, SHAPES
 
 SYNONYMS: dict[str, str] = {
@@ -78,14 +84,9 @@ BG_KEYWORDS: list[tuple[str, str]] = [
     ("winter", "snow"),
     ("sky", "day sky"),
 ]
-POS_X = {
-    "left": "left",
-    "right": "right",
-    "center": "center",
-    "centre": "center",
-    "middle": "center",
-}
-POS_Y = {"top": "top", "upper": "top", "bottom": "bottom", "lower": "bottom"}
+POS_X = {"left": "left", "right": "right", "center": "center", "centre": "center"}
+# "middle" names the row: the grammar says "in the middle right" and "at the top center".
+POS_Y = {"top": "top", "upper": "top", "bottom": "bottom", "lower": "bottom", "middle": "middle"}
 RELS = [
     ("to the left of", "left of"),
     ("left of", "left of"),
@@ -119,6 +120,31 @@ def normalize(prompt: str) -> str:
     return " ".join(out)
 
 
+def _bg_phrases() -> list[tuple[str, str]]:
+    """(phrase, background) for every wording the caption grammar uses, longest first."""
+    plain = [
+        (form.format(bg), bg)
+        for bg in PLAIN
+        for form in ("on a plain {} background", "against a {} background", "on {}")
+    ]
+    scenic = [(ph, bg) for bg, phrases in BG_WORDS.items() for ph in phrases]
+    return sorted(plain + scenic, key=lambda p: -len(p[0]))
+
+
+BG_PHRASES = _bg_phrases()
+
+
+def _split_background(text: str) -> tuple[str, str]:
+    """The background a prompt names (white if none) and the prompt without the words that
+    named it: "at night under the stars" holds no stars to draw and no relation "under"."""
+    for phrase, bg in BG_PHRASES:
+        m = re.search(rf"\b{re.escape(phrase)}\b", text)
+        if m:
+            return bg, f"{text[: m.start()]} {text[m.end() :]}"
+    # Free wording: keywords, with the objects' nouns taken out ("red stars" is no night sky).
+    return _background(re.sub(rf"\b({'|'.join(SHAPES)})s?\b", " ", text)) or "white", text
+
+
 def _background(text: str) -> str | None:
     for name in PLAIN:
         if re.search(rf"\b(plain )?{name} background\b", text):
@@ -145,12 +171,19 @@ def _objects(text: str) -> list[tuple[int, str | None, str | None, str]]:
     return found
 
 
-def _position(text: str) -> str:
-    xs = [POS_X[w] for w in re.findall(r"\b(left|right|center|centre|middle)\b", text)]
-    ys = [POS_Y[w] for w in re.findall(r"\b(top|upper|bottom|lower)\b", text)]
-    x, y = (xs[0] if xs else "center"), (ys[0] if ys else "middle")
+def _cell(text: str) -> tuple[str, str] | None:
+    """The (x, y) cell a position phrase names, or None when it names none."""
+    xs = [POS_X[w] for w in re.findall(rf"\b({'|'.join(POS_X)})\b", text)]
+    ys = [POS_Y[w] for w in re.findall(rf"\b({'|'.join(POS_Y)})\b", text)]
     if not xs and not ys:
+        return None
+    return (xs[0] if xs else "center"), (ys[0] if ys else "middle")
+
+
+def _position(cell: tuple[str, str] | None) -> str:
+    if cell is None:
         return ""
+    x, y = cell
     if (x, y) == ("center", "middle"):
         return "in the center"
     if y == "middle":
@@ -158,29 +191,44 @@ def _position(text: str) -> str:
     return f"at the {y}" if x == "center" else f"at the {y} {x}"
 
 
-def enhance(prompt: str) -> str:
-    """Rewrite a text-to-image prompt into the caption grammar; unchanged if no shape is named."""
-    text = normalize(prompt)
-    objs = _objects(text)
-    if not objs:
-        return prompt
-    bg = _background(text) or "white"
+def parse(prompt: str) -> PromptSpec | None:
+    """What a text-to-image prompt means in the caption grammar (objects, colours, sizes, one
+    position, a relation or a count, the background), its `text` the prompt rewritten in that
+    grammar; None when it names no shape the model knows. Words it does not know are dropped,
+    a missing colour becomes the icon's own (or red), a missing background plain white."""
+    bg, text = _split_background(normalize(prompt))
+    found = _objects(text)
+    if not found:
+        return None
     bgp = f"on a plain {bg} background" if bg in PLAIN else _bg_words(bg)
-
-    def noun(o: tuple[int, str | None, str | None, str], with_size: bool = True) -> str:
-        _, size, color, shape = o
-        color = color or DEFAULT_ICON_COLOR.get(shape, "red")
-        return " ".join(w for w in ((size if with_size else None), color, shape) if w)
-
+    objs = [
+        ObjSpec(shape, color or DEFAULT_ICON_COLOR.get(shape, "red"), size)
+        for _, size, color, shape in found
+    ]
     if len(objs) >= 2:
         for phrase, rel in RELS:
-            if phrase in text:
-                return f"a {noun(objs[0], False)} {rel} a {noun(objs[1], False)} {bgp}"
-    count, size, color, shape = objs[0]
-    if count > 1:
-        return f"{NUMBERS[count]} {color or DEFAULT_ICON_COLOR.get(shape, 'red')} {shape}s {bgp}"
-    where = _position(text.replace(" left of", "").replace(" right of", ""))
-    return " ".join(w for w in ("a", noun(objs[0]), where, bgp) if w)
+            if re.search(rf"\b{phrase}\b", text):
+                a, b = (ObjSpec(o.shape, o.color) for o in objs[:2])
+                core = f"a {a.color} {a.shape} {rel} a {b.color} {b.shape}"
+                return PromptSpec("relation", bg, (a, b), f"{core} {bgp}", relation=rel)
+    count, (o, *_) = found[0][0], objs
+    if count > 1 or re.search(r"\b(one|single|exactly)\b", text):
+        text_n = f"{NUMBERS[count]} {o.color} {o.shape}{'s' if count > 1 else ''} {bgp}"
+        # Sized as the grammar sizes counts (captions.count_spec), unless the prompt says.
+        o = ObjSpec(o.shape, o.color, o.size or ("small" if count > 2 else "medium"))
+        return PromptSpec("count", bg, (o,), text_n, count=count)
+    cell = _cell(text.replace(" left of", "").replace(" right of", ""))
+    o = ObjSpec(o.shape, o.color, o.size, cell)
+    noun = " ".join(w for w in (o.size, o.color, o.shape) if w)
+    return PromptSpec(
+        "single", bg, (o,), " ".join(w for w in ("a", noun, _position(cell), bgp) if w)
+    )
+
+
+def enhance(prompt: str) -> str:
+    """Rewrite a text-to-image prompt into the caption grammar; unchanged if no shape is named."""
+    spec = parse(prompt)
+    return prompt if spec is None else spec.text
 
 
 def _bg_words(bg: str) -> str:

@@ -1,4 +1,7 @@
-from dreamserve.engine.builtin.prompts import enhance, normalize, plan
+import random
+
+from dreamserve.engine.builtin.captions import ObjSpec, random_spec
+from dreamserve.engine.builtin.prompts import enhance, normalize, parse, plan
 
 
 def test_enhance_maps_vague_words_onto_the_grammar() -> None:
@@ -9,6 +12,39 @@ def test_enhance_maps_vague_words_onto_the_grammar() -> None:
     assert enhance("a navy box to the left of a golden star on the beach") == (
         "a blue square left of a yellow star at the beach by the sea"
     )
+
+
+def test_parse_reads_what_the_prompt_means_in_the_grammar() -> None:
+    count = parse("three red stars on a grass field")  # "stars" is no night sky here
+    assert count is not None and (count.kind, count.count) == ("count", 3)
+    assert count.background == "grass field" and count.objs == (ObjSpec("star", "red", "small"),)
+    rel = parse("a navy box to the left of a golden star on the beach")
+    assert rel is not None and (rel.kind, rel.relation) == ("relation", "left of")
+    assert [(o.shape, o.color) for o in rel.objs] == [("square", "blue"), ("star", "yellow")]
+    one = parse("a big crimson ball top left, at night")
+    assert one is not None and one.objs == (ObjSpec("circle", "red", "large", ("left", "top")),)
+    assert one.text == enhance("a big crimson ball top left, at night")
+    assert parse("a portrait of a cat") is None
+
+
+def test_parse_reads_every_wording_of_the_caption_grammar_back_to_its_spec() -> None:
+    # The layout planner (layout.plan) reads prompts with `parse`: on the model's own grammar
+    # it must recover what each caption means ("on black", "in the middle right", "at night
+    # under the stars" with no star and no "under" in it).
+    rnd = random.Random(5)
+    for _ in range(2000):
+        spec = random_spec(rnd)
+        got = parse(spec.text)
+        assert got is not None, spec.text
+        assert (got.kind, got.background, got.relation, got.count) == (
+            spec.kind,
+            spec.background,
+            spec.relation,
+            spec.count,
+        ), spec.text
+        assert [(o.shape, o.color) for o in got.objs] == [(o.shape, o.color) for o in spec.objs]
+        if spec.kind == "single":
+            assert got.objs == spec.objs, spec.text
 
 
 def test_enhance_leaves_prompts_without_known_objects_alone() -> None:
