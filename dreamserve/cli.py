@@ -202,11 +202,20 @@ def evaluate(
             min=0, help="0: the held-out set MODEL_CARD's columns use; another: a fresh one."
         ),
     ] = 0,
+    plan: Annotated[
+        bool,
+        typer.Option(
+            help="Layout plans for the prompts the caption grammar reads (the default, as"
+            " served); --no-plan scores the transformer alone."
+        ),
+    ] = True,
 ) -> None:
     """Score the model on held-out prompts with the automatic checker."""
     from dreamserve.engine.builtin.evaluate import main as eval_main
 
-    code = eval_main(checkpoint=checkpoint, samples=samples, out=out, guidance=guidance, draw=draw)
+    code = eval_main(
+        checkpoint=checkpoint, samples=samples, out=out, guidance=guidance, draw=draw, plan=plan
+    )
     raise typer.Exit(code)
 
 

@@ -22,6 +22,7 @@ from dreamserve.engine.builtin.dit import DiT
 from dreamserve.engine.builtin.surgery import (
     add_copy_path,
     add_decoder_blocks,
+    add_layout,
     add_local,
     add_ref_copies,
     add_rope,
@@ -160,14 +161,14 @@ def from_package(want: TrainConfig) -> State:
 
 def grow(state: State, want: TrainConfig, rope_gain: float = 0.0) -> State:
     """Bring a model from an older config up to `want`: time shift, copy path, fine tokens,
-    local convolutions, rotary positions, copy slots for every input.
+    local convolutions, rotary positions, copy slots for every input, layout plans.
 
     A model trained unshifted continues with `want`'s time shift (and is sampled with it).
     A model without the copy path (DiTConfig.copy_input) gains it, a one-token-per-cell
     model is split into `want`'s fine tokens, and one without local convolutions, rotary
-    positions or copy slots for every input gains them (surgery.py: each starts from the old
-    function). What a model has and `want` lacks, it keeps: growing never removes what was
-    trained.
+    positions, copy slots for every input or layout plans gains them (surgery.py: each
+    starts from the old function). What a model has and `want` lacks, it keeps: growing never
+    removes what was trained.
     Rotary gains grown now start at `rope_gain` (surgery.add_rope: 0 keeps the function), and
     a rotary model takes `want`'s share of unturned pairs (surgery.unturn_pairs).
     The DiT's AdamW moments restart whenever a parameter was added or changed shape.
@@ -180,7 +181,9 @@ def grow(state: State, want: TrainConfig, rope_gain: float = 0.0) -> State:
     rope = want.dit.rope and not have.rope
     unturn = want.dit.rope and want.dit.rope_unturned != have.rope_unturned
     ref_copies = want.dit.copy_refs and not have.copy_refs
-    if not (copy_path or local or rope or unturn or ref_copies) and want.dit.split == have.split:
+    layout = want.dit.layout and not have.layout
+    changes = (copy_path, local, rope, unturn, ref_copies, layout)
+    if not any(changes) and want.dit.split == have.split:
         return state
 
     def grown(model: DiT) -> DiT:
@@ -189,6 +192,7 @@ def grow(state: State, want: TrainConfig, rope_gain: float = 0.0) -> State:
         model = add_local(model, want.dit.local) if local else model
         model = add_rope(model, rope_gain) if rope else model
         model = add_ref_copies(model) if ref_copies else model
+        model = add_layout(model) if layout else model
         return unturn_pairs(model, want.dit.rope_unturned) if unturn else model
 
     dev = torch.device(state.cfg.device)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from dreamserve.engine.builtin.captions import PromptSpec, random_spec, realize
+from dreamserve.engine.builtin.layout import all_phrases, phrase_vectors
 from dreamserve.engine.builtin.pairs import TaskSpec, edit_spec, realize_task, ref_spec
 from dreamserve.engine.builtin.render import Scene, object_mask, render
 from dreamserve.engine.builtin.textenc import MAX_TOKENS, TEXT_DIM, TextEncoder
@@ -98,6 +99,11 @@ class Pools:
         (t2i singles plus the shape batches).
         """
         return [s for s in self.t2i if s.kind in ("relation", "count")]
+
+    @functools.cached_property
+    def phrases(self) -> dict[str, torch.Tensor]:
+        """Every colour-shape phrase's vector, for layout plans (layout.py): computed once."""
+        return phrase_vectors(TextEncoder(), all_phrases())
 
     def text_batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = torch.tensor([self.index[t] for t in texts])

@@ -25,13 +25,15 @@ at hand in every target token, "keep what the sentence does not change" is a per
 identity from the first step, and attention is left for what to change.
 
 Every input's copy path (`copy_refs`, from session 15): images 2 and 3 get channels of their
-own beside image 1's. Combining objects from several images kept every object's place and
-colour, but the shapes of objects from images 2-3 only 9/41 times against 28/33 for image 1's
-(MODEL_CARD.md, session 14): in the sequence an input is one token per 16x16 cell, too coarse
-to carry a shape, and only image 1 reached the fine target tokens position by position.
-Grown at zero, the slots brought those shapes through 16/41 times after 108 minutes and
-21/41 after 105 more, 23/41 after 108 more and 28/41 after 105 more (sessions 17, 19
-and 21).
+own beside image 1's. In the sequence an input is one token per 16x16 cell, too coarse to
+carry a shape, and only image 1 reached the fine target tokens position by position: combined
+objects from images 2-3 kept their shapes 9/41 times, against 28/41 after four runs with the
+slots (MODEL_CARD.md, sessions 14-21).
+
+The layout plan (`layout`, from session 28; layout.py says why): each fine target token also
+takes a `LAYOUT_DIM` vector, the sum of the MiniLM phrase vectors ("red star") of the planned
+boxes that cover it plus a channel that is 1 wherever a plan is given, through a zero-
+initialised linear layer, so a model grown with it starts as the model it was grown from.
 
 Local convolutions (`local`, from session 6): a 3x3 depthwise convolution over the target
 tokens inside every block's MLP (SANA's Mix-FFN). A shape is drawn *around* an object that
@@ -46,15 +48,11 @@ DiT draw shapes anywhere; grown onto a trained model at gain 0 it had not switch
 150 steps (session 7), grown at gain 1 it doubled the shipped model's colour+shape score
 (session 8; MODEL_CARD.md).
 
-Unturned pairs (`rope_unturned`, from session 8): with every pair turned, no part of a query
-matches a key the same way everywhere. A text key sits at the origin, so an image query's
-score against the word "star" changed with the query's place in every pair (even the longest
-wavelength, 32 cells, turns a quarter circle across the 8-cell frame), and so did its score
-against the same object in a reference image at another place. Leaving the long-wavelength
-half of the pairs unturned (as FLUX leaves its id axis, and its long wavelengths barely turn)
-keeps a place-free channel for words and for content, and offsets for local drawing in the
-short-wavelength half. Where a token is in absolute terms still comes from the added
-embedding.
+Unturned pairs (`rope_unturned`, from session 8): with every pair turned, an image query's
+score against a text key (at the origin) or against the same object at another place in a
+reference image changed with the query's place. The long-wavelength half of the pairs is
+left unturned (as FLUX's id axis), a place-free channel for words and content; the short half
+carries offsets for drawing, and absolute place still comes from the added embedding.
 """
 
 from __future__ import annotations
@@ -67,6 +65,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dreamserve.engine.builtin.textenc import TEXT_DIM
+
+LAYOUT_DIM = TEXT_DIM + 1  # per fine target token: phrase vectors of the plan, "a plan is given"
 
 # ---------------------------------------------------------------- blocks
 
@@ -250,6 +250,7 @@ class DiTConfig:
     local: int = 0  # kernel of the depthwise convolution over target tokens per block (Block)
     rope: bool = False  # 2D rotary positions in attention (module docstring)
     rope_unturned: float = 0.0  # share of rotary pairs never turned (module docstring)
+    layout: bool = False  # the target tokens read a layout plan (module docstring)
 
     @property
     def copy_slots(self) -> int:
@@ -316,10 +317,11 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(
             [Block(D, cfg.heads, cfg.mlp_ratio, cfg.local, cfg.rope) for _ in range(cfg.depth)]
         )
+        self.layout_in = nn.Linear(LAYOUT_DIM, D) if cfg.layout else None
         self.norm_out = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Linear(D, 2 * D)
         self.out = nn.Linear(D, cfg.token_ch)
-        for m in (self.ada_out, self.out):
+        for m in (self.ada_out, self.out, *([self.layout_in] if self.layout_in else [])):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
@@ -352,6 +354,7 @@ class DiT(nn.Module):
         text: torch.Tensor,  # (B, L, 384) MiniLM states
         text_mask: torch.Tensor,  # (B, L) bool, True = real token
         refs: list[torch.Tensor] | None = None,  # each (B, C, gh', gw') clean input latents
+        layout: torch.Tensor | None = None,  # (B, LAYOUT_DIM, gh*split, gw*split) or None
     ) -> torch.Tensor:
         refs = refs or []
         slots = refs[: self.cfg.copy_slots] + [None] * (self.cfg.copy_slots - len(refs))
@@ -370,7 +373,10 @@ class DiT(nn.Module):
         for i, r in enumerate(refs):
             seq.append(self._image_tokens(r, i + 1))  # (B, gh'*gw', D)
             masks.append(torch.ones(B, r.shape[2] * r.shape[3], dtype=torch.bool, device=x.device))
-        seq.append(self._image_tokens(x, 0, bases))  # (B, gh*gw, D), always last
+        target = self._image_tokens(x, 0, bases)  # (B, gh*gw, D), always last
+        if layout is not None and self.layout_in is not None:
+            target = target + self.layout_in(layout.flatten(2).transpose(1, 2).to(target.dtype))
+        seq.append(target)
         masks.append(torch.ones(B, gh * gw, dtype=torch.bool, device=x.device))
         h = torch.cat(seq, dim=1)  # (B, N, D)
         attn_mask = torch.cat(masks, dim=1)[:, None, None, :]  # (B, 1, 1, N)

@@ -180,11 +180,13 @@ def evaluate(
     steps: int = 10,
     guidance: float | None = None,
     draw: int = 0,
+    plan: bool = True,
 ) -> Tally:
     """`draw` 0: the prompts, scenes and noise of every column in MODEL_CARD.md. Another
     number draws a fresh held-out set, so that a checkpoint picked for its draw-0 scores
     (where the scatter between near-identical models is ~5 points a row) can be confirmed on
-    prompts and seeds it was not picked on."""
+    prompts and seeds it was not picked on. `plan` False scores the transformer without
+    layout plans (layout.py), as a prompt the planner cannot read is drawn."""
     rnd = random.Random(EVAL_SEED + draw)
     ceiling_rnd = random.Random(EVAL_SEED + draw + 1)  # its own draws: the rest stay as they were
     seed0 = 100_000 * draw
@@ -196,7 +198,9 @@ def evaluate(
     for i, spec in enumerate(t2i):
         bar.update()
         img = sampler(
-            SampleSpec(spec.text, seed0 + 1000 + i, SIZE, SIZE, guidance, steps), [], lambda: None
+            SampleSpec(spec.text, seed0 + 1000 + i, SIZE, SIZE, guidance, steps, plan),
+            [],
+            lambda: None,
         )
         check_t2i(img, spec, t)
         check_ceiling(sampler, spec, ceiling_rnd, t)
@@ -317,6 +321,7 @@ def main(
     out: Path = Path("eval"),
     guidance: float | None = None,
     draw: int = 0,
+    plan: bool = True,
 ) -> int:
     torch.manual_seed(0)
     src = checkpoint if checkpoint is not None else weights.PACKAGE_WEIGHTS
@@ -329,7 +334,7 @@ def main(
     seen = {s.text for s in t2i} | {s.text for s in edit}
     start = time.monotonic()
     sampler = Sampler(models.ae, models.dit, models.sr, TextEncoder())
-    tally = evaluate(sampler, samples, seen, guidance=guidance, draw=draw)
+    tally = evaluate(sampler, samples, seen, guidance=guidance, draw=draw, plan=plan)
     rows = table(tally)
     counts = {k: len(v) for k, v in tally.ok.items()} | {"edit_psnr_db": len(tally.psnrs)}
     out.mkdir(parents=True, exist_ok=True)
@@ -339,6 +344,7 @@ def main(
         "samples": samples,
         "guidance": guidance_or_default(guidance),
         "draw": draw,
+        "plan": plan and models.dit.cfg.layout,
         "seconds": round(time.monotonic() - start, 1),
         "results": rows,
         "counts": counts,

@@ -3,9 +3,10 @@
 1. encode the prompt with MiniLM, and the no-prompt condition for guidance
 2. encode the input images (edit / references) into latents on the output's token grid
 3. draw the starting noise from the seed (a private generator: same seed, same pixels)
-4. integrate the flow from t=1 (noise) to t=0 with Euler steps, classifier-free guided
-5. decode the latents at 2x with the autoencoder
-6. draw exactly the asked size with the trained upscaler (area-averaged when smaller)
+4. plan the layout of a text-to-image prompt the caption grammar reads (layout.py), seeded too
+5. integrate the flow from t=1 (noise) to t=0 with Euler steps, classifier-free guided
+6. decode the latents at 2x with the autoencoder
+7. draw exactly the asked size with the trained upscaler (area-averaged when smaller)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from PIL import Image
 from dreamserve.engine.builtin.autoencoder import AutoEncoder
 from dreamserve.engine.builtin.data import PX, grid_for, to_tensor
 from dreamserve.engine.builtin.dit import DiT, null_condition, shift_time
+from dreamserve.engine.builtin.layout import layout_map, phrase, phrase_vectors, plan
 from dreamserve.engine.builtin.textenc import TextEncoder
 from dreamserve.engine.builtin.upscaler import Upscaler, upscale
 
@@ -43,6 +45,7 @@ class SampleSpec:
     height: int
     guidance: float | None = None  # None: DEFAULT_GUIDANCE (a request that leaves it blank)
     steps: int = 10
+    plan: bool = True  # a layout plan where the model reads them and the prompt allows one
 
 
 def time_grid(steps: int, shift: float) -> torch.Tensor:
@@ -93,19 +96,39 @@ class Sampler:
         else:
             z0, t0 = start
             x, ts = (1 - t0) * z0 + t0 * noise, torch.linspace(t0, 0.0, spec.steps + 1)
-        # Step 4: Euler integration of dx/dt = v, guided: v = v_u + g (v_c - v_u).
+        # Step 4: the layout plan, for the prompt's branch only (training drops it with the
+        # prompt, so guidance pushes towards plan and prompt together).
+        planned = self.layout(spec, refs, gw, gh)
+        if planned is not None:
+            planned = torch.cat([planned, torch.zeros_like(planned)])
+        # Step 5: Euler integration of dx/dt = v, guided: v = v_u + g (v_c - v_u).
         g = guidance_or_default(spec.guidance)
         for i in range(spec.steps):
             t = ts[i].expand(2)
-            v = self.dit(x.expand(2, -1, -1, -1), t, text, mask, refs2)
+            v = self.dit(x.expand(2, -1, -1, -1), t, text, mask, refs2, planned)
             v = v[1:] + g * (v[:1] - v[1:])
             x = x + (ts[i + 1] - ts[i]) * v
             on_step()
         return x
 
+    def layout(
+        self, spec: SampleSpec, refs: list[torch.Tensor], gw: int, gh: int
+    ) -> torch.Tensor | None:
+        """(1, LAYOUT_DIM, fine grid) plan of a text-to-image prompt, or None: no plan asked,
+        a model without them, input images (they say where things are), or a prompt the
+        caption grammar cannot read."""
+        if not (spec.plan and self.dit.cfg.layout) or refs:
+            return None
+        scene = plan(spec.prompt, spec.seed)
+        if scene is None:
+            return None
+        vectors = phrase_vectors(self.text, (phrase(o) for o in scene.objects))
+        split = self.dit.cfg.split
+        return layout_map([scene.objects], (gw * split, gh * split), vectors)
+
     @torch.inference_mode()
     def render(self, z: torch.Tensor, width: int, height: int) -> Image.Image:
-        # Step 5: decode at 2x; step 6: the trained upscaler, then exactly the asked size.
+        # Step 6: decode at 2x; step 7: the trained upscaler, then exactly the asked size.
         img = (self.ae.decode(z) + 1.0) / 2.0  # (1, 3, 32gh, 32gw) in ~[0, 1]
         img = upscale(self.sr, img.clamp(0, 1), height, width)
         arr = (img[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dreamserve.engine.builtin.data import GRIDS, Pools, object_masks, render_batch, sample_batch
+from dreamserve.engine.builtin.render import Obj
 
 KINDS = ("t2i", "edit", "ref", "shape", "compose")
 
@@ -27,6 +28,9 @@ class Rendered:
     inputs: list[torch.Tensor]  # per input-image slot, (B, 3, 16gh, 16gw)
     texts: list[str]  # rows of Pools.states
     objects: torch.Tensor  # (B, 1, 16gh, 16gw): 1 on the target's objects (train.dit_loss)
+    # Text-to-image batches: each target scene's objects, its layout plan (layout.py); None
+    # for edits and references, whose input images already say where things are.
+    plans: list[tuple[Obj, ...]] | None = None
 
 
 def draw(
@@ -38,7 +42,8 @@ def draw(
     b = sample_batch(pools, KINDS[k], sizes[k], rnd)
     inputs = [render_batch(slot, gw, gh) for slot in b.inputs]
     target = render_batch(b.target, gw, gh)
-    return Rendered(KINDS[k], target, inputs, b.texts, object_masks(b.target, gw, gh))
+    plans = None if b.inputs else [scene.objects for scene in b.target]
+    return Rendered(KINDS[k], target, inputs, b.texts, object_masks(b.target, gw, gh), plans)
 
 
 class _Endless(IterableDataset[Rendered]):

@@ -93,6 +93,17 @@ def add_local(old: DiT, kernel: int) -> DiT:
     return new
 
 
+def add_layout(old: DiT) -> DiT:
+    """A DiT that reads layout plans (DiTConfig.layout, layout.py), computing what `old`
+    computes: the plan's input layer starts at zero; everything else is loaded."""
+    if old.cfg.layout:
+        return old
+    new = DiT(replace(old.cfg, layout=True))
+    missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("layout_in.") for k in missing), missing
+    return new
+
+
 def add_rope(old: DiT, gain: float = 0.0) -> DiT:
     """A DiT with rotary positions in attention (DiTConfig.rope); everything else is loaded.
 

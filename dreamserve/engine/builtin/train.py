@@ -41,6 +41,7 @@ from dreamserve.engine.builtin.image_steps import (
     optimize,
     sr_step,
 )
+from dreamserve.engine.builtin.layout import layout_map
 from dreamserve.engine.builtin.stream import Rendered, batches
 from dreamserve.engine.builtin.train_config import CONFIGS, TrainConfig
 
@@ -60,13 +61,28 @@ def dit_step(state: State, batch: Rendered, pools: Pools, lr: float) -> float:
         x0 = state.ae.encode(batch.target.to(dev, non_blocking=True))  # (B, C, gh, gw)
         refs = [state.ae.encode(x.to(dev, non_blocking=True)) for x in batch.inputs]
     text, mask = (a.to(dev) for a in pools.text_batch(batch.texts))
-    loss = flow_loss(state.dit, cfg, x0, (text, mask), refs, batch.objects.to(dev))
+    plans = plan_maps(cfg, batch, pools, x0)
+    loss = flow_loss(state.dit, cfg, x0, (text, mask), refs, batch.objects.to(dev), layout=plans)
     optimize(state.opt_dit, loss, lr, max_norm=1.0)
     decay = min(0.998, (1 + state.dit_step) / (10 + state.dit_step))
     with torch.no_grad():
         torch._foreach_lerp_(list(state.ema.parameters()), list(state.dit.parameters()), 1 - decay)
     state.dit_step += 1
     return loss.item()
+
+
+def plan_maps(
+    cfg: TrainConfig, batch: Rendered, pools: Pools, x0: torch.Tensor
+) -> torch.Tensor | None:
+    """Layout plans (layout.py) of the target scenes for `cfg.layout_share` of a text-to-image
+    batch's samples, on the DiT's fine grid; the other samples get none (an all-zero map, as
+    for a prompt the planner cannot read), and so do edit and reference batches."""
+    if not cfg.dit.layout or batch.plans is None:
+        return None
+    split = cfg.dit.split
+    maps = layout_map(batch.plans, (x0.shape[3] * split, x0.shape[2] * split), pools.phrases)
+    keep = torch.rand(len(batch.plans)) < cfg.layout_share
+    return (maps * keep[:, None, None, None]).to(x0.device)
 
 
 def flow_loss(
@@ -77,23 +93,27 @@ def flow_loss(
     refs: list[torch.Tensor],
     objects: torch.Tensor,
     t: torch.Tensor | None = None,
+    layout: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The flow-matching loss of one batch: x0 (B, C, gh, gw) clean latents, text (states,
     mask), refs the input images' latents, objects (B, 1, 16gh, 16gw) masks, t (B,) flow
-    times (default: `flow_times` of the config). Drops `cfg.text_drop` of the prompts (in
-    place) so the no-prompt velocity is learned for CFG."""
+    times (default: `flow_times` of the config), layout (B, LAYOUT_DIM, fine grid) plans or
+    None. Drops `cfg.text_drop` of the prompts (in place), and their plans with them, so the
+    no-prompt velocity is learned for CFG."""
     B, dev = x0.shape[0], x0.device
     states, mask = text
     drop = torch.rand(B, device=dev) < cfg.text_drop
     states[drop] = 0.0
     mask[drop] = False
     mask[drop, 0] = True
+    if layout is not None:
+        layout[drop] = 0.0
     if t is None:
         t = flow_times(B, cfg.dit.time_shift, cfg.t_uniform, dev)
     noise = torch.randn_like(x0)
     xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * noise
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast_bf16(cfg)):
-        v = dit(xt, t, states, mask, refs)
+        v = dit(xt, t, states, mask, refs, layout)
     return dit_loss(v.float() - (noise - x0), objects, cfg)
 
 

@@ -18,10 +18,11 @@ class TrainConfig:
     # Local convolutions (dit.Block) and rotary positions (dit.Attention): drawing a shape
     # wherever its object is (MODEL_CARD.md); half the rotary pairs unturned, a place-free
     # channel for words and content (dit module docstring). Every input in the copy path: the
-    # shapes of objects from images 2-3 were lost in combining (dit module docstring).
+    # shapes of objects from images 2-3 were lost in combining (dit module docstring). Layout
+    # plans: counts and which word belongs to which object were not learned (layout.py).
     dit: DiTConfig = field(
         default_factory=lambda: DiTConfig(
-            split=2, local=3, rope=True, rope_unturned=0.5, copy_refs=True
+            split=2, local=3, rope=True, rope_unturned=0.5, copy_refs=True, layout=True
         )
     )
     ae_minutes: float = 8.0
@@ -45,6 +46,9 @@ class TrainConfig:
     warmup: int = 50
     dit_max_steps: int = 10**9
     text_drop: float = 0.1
+    # Share of text-to-image samples trained with their scene's layout plan (layout.py); the
+    # rest without, so prompts the planner cannot read are still drawn.
+    layout_share: float = 0.7
     t_uniform: float = 0.15  # share of flow times drawn uniformly, so low noise is still trained
     # Loss weight of latent pixels on an object against background ones (train.dit_loss).
     object_weight: float = 10.0
@@ -107,7 +111,15 @@ CONFIGS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(
         ae=AEConfig(latent_ch=4, enc_ch=(8, 8, 8, 8), dec_ch=(8, 8, 8, 8), patch=1),
         dit=DiTConfig(
-            latent_ch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0, patch=1, local=3, copy_refs=True
+            latent_ch=4,
+            dim=32,
+            depth=1,
+            heads=2,
+            mlp_ratio=2.0,
+            patch=1,
+            local=3,
+            copy_refs=True,
+            layout=True,
         ),
         ae_batch=2,
         ae_max_steps=2,

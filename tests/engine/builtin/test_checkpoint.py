@@ -2,10 +2,11 @@ import copy
 from dataclasses import replace
 
 import pytest
+import torch
 
 from dreamserve.engine.builtin.autoencoder import AEConfig
 from dreamserve.engine.builtin.checkpoint import grow, grow_decoder, new_state, resume_config
-from dreamserve.engine.builtin.dit import DiTConfig
+from dreamserve.engine.builtin.dit import LAYOUT_DIM, DiTConfig
 from dreamserve.engine.builtin.image_steps import optimize
 from dreamserve.engine.builtin.train_config import CONFIGS
 
@@ -45,6 +46,25 @@ def test_growing_adds_the_configs_local_convolutions_to_a_model_without_them() -
     opt_params = {id(p) for g in state.opt_dit.param_groups for p in g["params"]}
     assert opt_params == {id(p) for p in state.dit.parameters()}
     assert grow(state, want) is state
+
+
+def test_growing_adds_layout_plans_starting_as_the_model_it_was_grown_from() -> None:
+    tiny = copy.deepcopy(CONFIGS["tiny"])
+    have = replace(tiny, dit=replace(tiny.dit, layout=False))
+    state = new_state(have)
+    with torch.no_grad():
+        for p in state.dit.parameters():  # adaLN-Zero starts at zero: make the model act
+            p.add_(0.1 * torch.randn_like(p))
+    old = copy.deepcopy(state.dit).eval()
+    state = grow(state, tiny)
+    assert state.cfg.dit.layout and state.dit.layout_in is not None
+    assert state.ema.layout_in is not None
+    x, t = torch.randn(1, 4, 4, 4), torch.tensor([0.5])
+    text, mask = torch.randn(1, 3, 384), torch.ones(1, 3, dtype=torch.bool)
+    plan = torch.randn(1, LAYOUT_DIM, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(old(x, t, text, mask), state.dit.eval()(x, t, text, mask, None, plan))
+    assert grow(state, tiny) is state
 
 
 def test_growing_adds_rotary_positions_and_never_removes_what_a_model_has() -> None:

@@ -34,6 +34,9 @@ def test_eval_scores_a_checkpoint_and_writes_report_and_grid(tmp_path: Path) -> 
     assert Image.open(out / "shapes.png").height > 2 * 256  # 12 shapes, 6 a row
     assert Image.open(out / "shape_time.png").size[1] > 4 * 256  # 4 shapes, 5 tiles a row
     assert "| metric | result | target | met |" in (out / "report.md").read_text()
+    assert report["plan"] is True  # the tiny config reads layout plans, as served
+    assert evaluate.main(checkpoint=run / "ckpt.pt", samples=2, out=out, plan=False) == 0
+    assert json.loads((out / "report.json").read_text())["plan"] is False
 
 
 def test_edits_prefer_sentences_the_training_never_saw() -> None:

@@ -1,0 +1,89 @@
+"""Layout plans: where each object of a prompt goes, as a map the transformer reads.
+
+Why: the transformer alone draws counts as a field of objects whatever the number, and in
+two-object prompts gives one object the other's shape (MODEL_CARD.md, sessions 26-27). Neither
+more data nor training on count scenes from scratch taught it the number: it learns how
+likely an object is at each place, not how many there are in all, nor which word belongs to
+which object. LLM-grounded diffusion (Lian et al., 2023) splits that job in two: a planner
+turns the prompt into boxes, one per object, each with its own short phrase, and the
+diffusion model draws each phrase in its box. Here the planner is the caption grammar itself
+(`prompts.parse`, then `captions.realize` seeded with the request's seed): a prompt it can
+read gets the boxes of a scene drawn from the distribution training draws from.
+
+The transformer reads the plan per fine target token (dit.DiTConfig.layout): the sum of the
+unit MiniLM vectors of the phrases ("red star") of the boxes covering the token, and one
+channel that is 1 everywhere when a plan is given (so "no box here" differs from "no plan").
+A box says where and how big, never which shape: drawing the shape is still the model's job.
+Training gives the plan of the target scene to `TrainConfig.layout_share` of the text-to-image
+samples, so prompts the planner cannot read are drawn as before.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dreamserve.engine.builtin.captions import realize
+from dreamserve.engine.builtin.dit import LAYOUT_DIM
+from dreamserve.engine.builtin.prompts import parse
+from dreamserve.engine.builtin.render import COLORS, SHAPES, Obj, Scene
+from dreamserve.engine.builtin.textenc import TextEncoder
+
+
+def phrase(obj: Obj) -> str:
+    """The short phrase a planned box carries."""
+    return f"{obj.color} {obj.shape}"
+
+
+def all_phrases() -> list[str]:
+    """Every phrase a box can carry: one per colour and shape."""
+    return [phrase(Obj(shape, color, 0.0, 0.0, 0.0)) for color in COLORS for shape in SHAPES]
+
+
+def phrase_vectors(encoder: TextEncoder, phrases: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Each phrase's MiniLM vector: its token states averaged, scaled to unit length (as the
+    sentence-transformers model this encoder comes from pools)."""
+    names = sorted(set(phrases))
+    if not names:
+        return {}
+    states, mask = encoder(names)  # (P, L, 384), (P, L)
+    m = mask.float()[..., None]
+    pooled = F.normalize((states * m).sum(1) / m.sum(1), dim=-1)  # (P, 384)
+    return dict(zip(names, pooled, strict=True))
+
+
+def plan(prompt: str, seed: int) -> Scene | None:
+    """A scene whose objects' boxes are the layout for `prompt`, or None when the grammar
+    cannot read it. Deterministic in (prompt, seed)."""
+    spec = parse(prompt)
+    return None if spec is None else realize(spec, random.Random(seed))
+
+
+def layout_map(
+    objects: Sequence[Sequence[Obj]],
+    grid: tuple[int, int],
+    vectors: Mapping[str, torch.Tensor],
+) -> torch.Tensor:
+    """(B, LAYOUT_DIM, gh, gw) maps, one per sample's planned objects, on a token grid of
+    `grid` = (gw, gh) tokens (the DiT's fine target grid).
+
+    A token is covered by a box when its centre lies inside the object's bounding box
+    (`Obj.size` of the short side, as render.py draws it), or is the token holding the
+    object's centre (a small object on a coarse grid still gets one token).
+    """
+    gw, gh = grid
+    out = torch.zeros(len(objects), LAYOUT_DIM, gh, gw)
+    xs, ys = (np.arange(gw) + 0.5) / gw, (np.arange(gh) + 0.5) / gh  # token centres, fractions
+    for i, objs in enumerate(objects):
+        out[i, -1] = 1.0
+        for o in objs:
+            half = o.size * min(gw, gh) / 2  # box half-side, in tokens
+            inx = np.abs(xs - o.x) * gw <= max(half, 0.5)
+            iny = np.abs(ys - o.y) * gh <= max(half, 0.5)
+            cover = torch.from_numpy(iny[:, None] & inx[None, :])  # (gh, gw)
+            out[i, :-1] += vectors[phrase(o)][:, None, None] * cover
+    return out

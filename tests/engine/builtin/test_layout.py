@@ -1,0 +1,110 @@
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from dreamserve.engine.builtin.autoencoder import AutoEncoder
+from dreamserve.engine.builtin.data import Pools, build_pools
+from dreamserve.engine.builtin.dit import LAYOUT_DIM, DiT
+from dreamserve.engine.builtin.layout import all_phrases, layout_map, phrase_vectors, plan
+from dreamserve.engine.builtin.render import Obj
+from dreamserve.engine.builtin.sample import Sampler, SampleSpec
+from dreamserve.engine.builtin.stream import draw
+from dreamserve.engine.builtin.textenc import TextEncoder
+from dreamserve.engine.builtin.train import flow_loss, plan_maps
+from dreamserve.engine.builtin.train_config import CONFIGS
+from dreamserve.engine.builtin.upscaler import Upscaler
+
+TINY = CONFIGS["tiny"]
+
+
+@pytest.fixture(scope="module")
+def enc() -> TextEncoder:
+    return TextEncoder()
+
+
+def test_a_plan_follows_the_prompt_and_its_seed() -> None:
+    three = plan("three teal hearts on a grass field", 5)
+    assert three is not None and three.background == "grass field"
+    assert [(o.shape, o.color) for o in three.objects] == [("heart", "cyan")] * 3
+    assert plan("three teal hearts on a grass field", 5) == three
+    assert plan("three teal hearts on a grass field", 6) != three
+    rel = plan("a red star above a blue circle", 1)
+    assert rel is not None
+    star, circle = rel.objects
+    assert (star.shape, circle.shape) == ("star", "circle") and star.y < circle.y
+    corner = plan("a small green square at the top left", 2)
+    assert corner is not None and corner.objects[0].x < 0.3 and corner.objects[0].y < 0.3
+    assert plan("a portrait of a cat", 1) is None
+
+
+def test_phrase_vectors_are_unit_and_tell_colours_and_shapes_apart(enc: TextEncoder) -> None:
+    v = phrase_vectors(enc, ["red star", "blue star", "red circle", "red star"])
+    assert sorted(v) == ["blue star", "red circle", "red star"]
+    assert all(abs(float(x.norm()) - 1.0) < 1e-5 for x in v.values())
+    assert float(v["red star"] @ v["blue star"]) < 0.99
+    assert float(v["red star"] @ v["red circle"]) < 0.99
+    assert len(all_phrases()) == 144 and "red star" in all_phrases()
+
+
+def test_a_layout_map_covers_each_box_with_its_phrase_and_flags_the_plan() -> None:
+    vec = {"red star": torch.ones(LAYOUT_DIM - 1), "blue circle": -torch.ones(LAYOUT_DIM - 1)}
+    objs = (Obj("star", "red", 0.25, 0.25, 0.25), Obj("circle", "blue", 0.78, 0.55, 0.02))
+    m = layout_map([objs, ()], (16, 8), vec)  # 16 tokens wide, 8 high
+    assert m.shape == (2, LAYOUT_DIM, 8, 16)
+    assert bool((m[:, -1] == 1).all())  # a plan is given to both samples, empty or not
+    star = m[0, 0] > 0
+    # The box is 0.25 of the short side (8 tokens): 2 tokens across, centred at (4, 2).
+    assert star.sum() == 4 and bool(star[1:3, 3:5].all())
+    tiny = m[0, 0] < 0
+    assert tiny.sum() == 1 and bool(tiny[4, 12])  # too small for a token: its centre's token
+    assert float(m[1, :-1].abs().sum()) == 0.0
+
+
+def test_training_plans_a_share_of_text_to_image_samples_and_drops_them_with_the_prompt(
+    tmp_path: Path,
+) -> None:
+    pools: Pools = build_pools(7, 40, 8, 6, tmp_path, log=lambda _: None)
+    rnd = random.Random(0)
+    t2i = draw(pools, (1, 0, 0, 0, 0), (64, 2, 2, 2, 2), rnd)
+    edit = draw(pools, (0, 1, 0, 0, 0), (2, 2, 2, 2, 2), rnd)
+    assert t2i.plans is not None and edit.plans is None
+    x0 = torch.zeros(64, 4, t2i.target.shape[2] // 16, t2i.target.shape[3] // 16)
+    torch.manual_seed(0)
+    maps = plan_maps(TINY, t2i, pools, x0)
+    assert maps is not None and maps.shape[2:] == x0.shape[2:]  # tiny: split 1
+    planned = float((maps[:, -1, 0, 0] == 1).float().mean())
+    assert 0.5 < planned < 0.9  # TrainConfig.layout_share 0.7
+    assert plan_maps(TINY, edit, pools, x0[:2]) is None
+
+    dit = DiT(TINY.dit)
+    text = torch.randn(64, 5, 384), torch.ones(64, 5, dtype=torch.bool)
+    cfg = type(TINY)(**{**TINY.__dict__, "text_drop": 1.0})
+    flow_loss(dit, cfg, x0, text, [], t2i.objects, layout=maps)
+    assert float(maps.abs().sum()) == 0.0  # every prompt dropped, every plan with it
+
+
+def _sampler(enc: TextEncoder) -> Sampler:
+    torch.manual_seed(0)
+    dit = DiT(TINY.dit)
+    with torch.no_grad():  # adaLN-Zero and the plan's layer start at zero: make them act
+        for p in dit.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return Sampler(AutoEncoder(TINY.ae).eval(), dit.eval(), Upscaler(TINY.sr).eval(), enc)
+
+
+def test_the_sampler_plans_text_to_image_prompts_it_can_read(enc: TextEncoder) -> None:
+    s = _sampler(enc)
+    spec = SampleSpec("two red stars on a plain white background", 3, 64, 64, steps=2)
+    m = s.layout(spec, [], 4, 4)
+    assert m is not None and m.shape == (1, LAYOUT_DIM, 4, 4)
+    assert s.layout(SampleSpec("a portrait of a cat", 3, 64, 64), [], 4, 4) is None
+    assert s.layout(SampleSpec(spec.prompt, 3, 64, 64, plan=False), [], 4, 4) is None
+    assert s.layout(spec, [torch.zeros(1, 4, 4, 4)], 4, 4) is None  # inputs say where
+
+    def image(sp: SampleSpec) -> bytes:
+        return s(sp, [], lambda: None).tobytes()
+
+    assert image(spec) == image(spec)  # deterministic, plan included
+    assert image(spec) != image(SampleSpec(spec.prompt, 3, 64, 64, steps=2, plan=False))
