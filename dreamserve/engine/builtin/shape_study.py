@@ -132,7 +132,9 @@ def score(
     with a label saying what was asked and what was found."""
     hits = 0
     for prompt, color, shape, seed, count in todo:
-        img = sampler(SampleSpec(prompt, seed, SIZE, SIZE, guidance, 10), [], lambda: None)
+        # No layout plan: the study fine-tunes without them, and measures the transformer.
+        spec = SampleSpec(prompt, seed, SIZE, SIZE, guidance, 10, plan=False)
+        img = sampler(spec, [], lambda: None)
         found = find_objects(img, [color])
         if count is None:
             hit = any(matches(f, color, shape) for f in found)
