@@ -57,6 +57,8 @@ class Sampler:
     def __init__(self, ae: AutoEncoder, dit: DiT, sr: Upscaler, text: TextEncoder) -> None:
         self.ae, self.dit, self.sr, self.text = ae, dit, sr, text
         self.time_shift = dit.cfg.time_shift  # sampled as it was trained
+        # Read once, like the time shift: whether the model reads layout plans, on which grid.
+        self.plans, self.split = dit.cfg.layout, dit.cfg.split
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], gw: int, gh: int) -> list[torch.Tensor]:
@@ -117,14 +119,13 @@ class Sampler:
         """(1, LAYOUT_DIM, fine grid) plan of a text-to-image prompt, or None: no plan asked,
         a model without them, input images (they say where things are), or a prompt the
         caption grammar cannot read."""
-        if not (spec.plan and self.dit.cfg.layout) or refs:
+        if not (spec.plan and self.plans) or refs:
             return None
         scene = plan(spec.prompt, spec.seed)
         if scene is None:
             return None
         vectors = phrase_vectors(self.text, (phrase(o) for o in scene.objects))
-        split = self.dit.cfg.split
-        return layout_map([scene.objects], (gw * split, gh * split), vectors)
+        return layout_map([scene.objects], (gw * self.split, gh * self.split), vectors)
 
     @torch.inference_mode()
     def render(self, z: torch.Tensor, width: int, height: int) -> Image.Image:
