@@ -7,12 +7,25 @@ text, colour and layout instead of from noise. How the shipped model got each: M
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 import torch
+from torch import nn
 
 from dreamserve.engine.builtin.autoencoder import AutoEncoder
 from dreamserve.engine.builtin.dit import DiT
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def _load_grown(new: M, old: nn.Module, is_new: Callable[[str], bool]) -> M:
+    """`new` with every weight of `old` loaded into it; the only parameters `old` may lack
+    are the grown ones, which `is_new` names (they keep `new`'s initialisation)."""
+    missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
+    assert not unexpected and all(is_new(k) for k in missing), (missing, unexpected)
+    return new
 
 
 def add_copy_path(old: DiT) -> DiT:
@@ -87,10 +100,7 @@ def add_local(old: DiT, kernel: int) -> DiT:
         return old
     if old.cfg.local:
         raise ValueError(f"the model already has {old.cfg.local}x{old.cfg.local} convolutions")
-    new = DiT(replace(old.cfg, local=kernel))
-    missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
-    assert not unexpected and all(".local." in k for k in missing), (missing, unexpected)
-    return new
+    return _load_grown(DiT(replace(old.cfg, local=kernel)), old, lambda k: ".local." in k)
 
 
 def add_layout(old: DiT) -> DiT:
@@ -99,9 +109,7 @@ def add_layout(old: DiT) -> DiT:
     if old.cfg.layout:
         return old
     new = DiT(replace(old.cfg, layout=True))
-    missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("layout_in.") for k in missing), missing
-    return new
+    return _load_grown(new, old, lambda k: k.startswith("layout_in."))
 
 
 def add_rope(old: DiT, gain: float = 0.0) -> DiT:
@@ -114,9 +122,7 @@ def add_rope(old: DiT, gain: float = 0.0) -> DiT:
     """
     if old.cfg.rope:
         return old
-    new = DiT(replace(old.cfg, rope=True))
-    missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
-    assert not unexpected and all(k.endswith(".rope_gain") for k in missing), (missing, unexpected)
+    new = _load_grown(DiT(replace(old.cfg, rope=True)), old, lambda k: k.endswith(".rope_gain"))
     with torch.no_grad():
         for name, p in new.named_parameters():
             if name.endswith(".rope_gain"):
@@ -143,6 +149,4 @@ def add_decoder_blocks(old: AutoEncoder, blocks: tuple[int, int]) -> AutoEncoder
     if any(b < h for b, h in zip(blocks, have, strict=True)):
         raise ValueError(f"decoder blocks {blocks}: growing never removes any of {have}")
     new = AutoEncoder(replace(old.cfg, dec_blocks=tuple(blocks)))
-    missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
-    assert not unexpected and all(".more" in k for k in missing), (missing, unexpected)
-    return new
+    return _load_grown(new, old, lambda k: ".more" in k)
