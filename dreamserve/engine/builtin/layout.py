@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dreamserve.engine.builtin.captions import realize
+from dreamserve.engine.builtin.captions import NUMBERS, plural, realize
 from dreamserve.engine.builtin.dit import LAYOUT_DIM
-from dreamserve.engine.builtin.prompts import parse
+from dreamserve.engine.builtin.prompts import background_words, parse
 from dreamserve.engine.builtin.render import COLORS, SHAPES, Obj, Scene
 from dreamserve.engine.builtin.textenc import TextEncoder
 
@@ -77,13 +78,52 @@ def layout_map(
     """
     gw, gh = grid
     out = torch.zeros(len(objects), LAYOUT_DIM, gh, gw)
-    xs, ys = (np.arange(gw) + 0.5) / gw, (np.arange(gh) + 0.5) / gh  # token centres, fractions
     for i, objs in enumerate(objects):
         out[i, -1] = 1.0
         for o in objs:
-            half = o.size * min(gw, gh) / 2  # box half-side, in tokens
-            inx = np.abs(xs - o.x) * gw <= max(half, 0.5)
-            iny = np.abs(ys - o.y) * gh <= max(half, 0.5)
-            cover = torch.from_numpy(iny[:, None] & inx[None, :])  # (gh, gw)
-            out[i, :-1] += vectors[phrase(o)][:, None, None] * cover
+            out[i, :-1] += vectors[phrase(o)][:, None, None] * cover(o, grid)
     return out
+
+
+def cover(obj: Obj, grid: tuple[int, int]) -> torch.Tensor:
+    """(gh, gw) bool: the tokens of a `grid` = (gw, gh) whose centre lies in the object's box,
+    or that hold its centre."""
+    gw, gh = grid
+    xs, ys = (np.arange(gw) + 0.5) / gw, (np.arange(gh) + 0.5) / gh  # token centres, fractions
+    half = obj.size * min(gw, gh) / 2  # box half-side, in tokens
+    inx = np.abs(xs - obj.x) * gw <= max(half, 0.5)
+    iny = np.abs(ys - obj.y) * gh <= max(half, 0.5)
+    return torch.from_numpy(iny[:, None] & inx[None, :])
+
+
+@dataclass(frozen=True)
+class Region:
+    """The boxes of one phrase of a plan, and a prompt that names only their objects."""
+
+    prompt: str
+    objects: tuple[Obj, ...]
+
+
+def regions(scene: Scene) -> list[Region]:
+    """One region per phrase when a plan's boxes carry two or more different phrases, else none.
+
+    Why: in two-object prompts the transformer gives one object the other's shape about half
+    the time, although each box carries its own phrase (MODEL_CARD.md, session 28): it takes
+    shapes from the prompt's words. The sampler therefore predicts each region's tokens from
+    a prompt that names that region's objects alone (Sampler.latents), as LLM-grounded
+    diffusion draws each box from its own phrase; the whole prompt still draws the rest.
+    """
+    groups: dict[str, list[Obj]] = {}
+    for o in scene.objects:
+        groups.setdefault(phrase(o), []).append(o)
+    if len(groups) < 2:
+        return []
+    bg = background_words(scene.background)
+    return [Region(_alone(objs, bg), tuple(objs)) for objs in groups.values()]
+
+
+def _alone(objs: Sequence[Obj], background: str) -> str:
+    """A prompt in the grammar's words for these objects (one phrase) alone on the background."""
+    o, n = objs[0], len(objs)
+    noun = f"a {o.color} {o.shape}" if n == 1 else f"{NUMBERS[n]} {o.color} {plural(o.shape)}"
+    return f"{noun} {background}"

@@ -200,7 +200,7 @@ def parse(prompt: str) -> PromptSpec | None:
     found = _objects(text)
     if not found:
         return None
-    bgp = f"on a plain {bg} background" if bg in PLAIN else _bg_words(bg)
+    bgp = background_words(bg)
     objs = [
         ObjSpec(shape, color or DEFAULT_ICON_COLOR.get(shape, "red"), size)
         for _, size, color, shape in found
@@ -229,6 +229,11 @@ def enhance(prompt: str) -> str:
     """Rewrite a text-to-image prompt into the caption grammar; unchanged if no shape is named."""
     spec = parse(prompt)
     return prompt if spec is None else spec.text
+
+
+def background_words(bg: str) -> str:
+    """How the grammar's own rewrites (`parse`, `enhance`) name a background."""
+    return f"on a plain {bg} background" if bg in PLAIN else _bg_words(bg)
 
 
 def _bg_words(bg: str) -> str:

@@ -1,10 +1,12 @@
 """The sampler: text (+ input images) -> latents -> image at any size, in numbered steps.
 
-1. encode the prompt with MiniLM, and the no-prompt condition for guidance
-2. encode the input images (edit / references) into latents on the output's token grid
-3. draw the starting noise from the seed (a private generator: same seed, same pixels)
-4. plan the layout of a text-to-image prompt the caption grammar reads (layout.py), seeded too
-5. integrate the flow from t=1 (noise) to t=0 with Euler steps, classifier-free guided
+1. plan the layout of a text-to-image prompt the caption grammar reads (layout.py), seeded;
+   a plan whose boxes carry different phrases is split into one region per phrase
+2. encode the prompt, each region's prompt and the no-prompt condition with MiniLM
+3. encode the input images (edit / references) into latents on the output's token grid
+4. draw the starting noise from the seed (a private generator: same seed, same pixels)
+5. integrate the flow from t=1 (noise) to t=0 with Euler steps, classifier-free guided, each
+   region's tokens predicted from its own prompt
 6. decode the latents at 2x with the autoencoder
 7. draw exactly the asked size with the trained upscaler (area-averaged when smaller)
 """
@@ -16,12 +18,21 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from dreamserve.engine.builtin.autoencoder import AutoEncoder
 from dreamserve.engine.builtin.data import PX, grid_for, to_tensor
-from dreamserve.engine.builtin.dit import DiT, null_condition, shift_time
-from dreamserve.engine.builtin.layout import layout_map, phrase, phrase_vectors, plan
+from dreamserve.engine.builtin.dit import DiT, from_fine, null_condition, shift_time, to_fine
+from dreamserve.engine.builtin.layout import (
+    cover,
+    layout_map,
+    phrase,
+    phrase_vectors,
+    plan,
+    regions,
+)
+from dreamserve.engine.builtin.render import Scene
 from dreamserve.engine.builtin.textenc import TextEncoder
 from dreamserve.engine.builtin.upscaler import Upscaler, upscale
 
@@ -48,6 +59,16 @@ class SampleSpec:
     plan: bool = True  # a layout plan where the model reads them and the prompt allows one
 
 
+@dataclass(frozen=True)
+class Conditions:
+    """What every step's one batched forward reads, row by row (R rows)."""
+
+    text: torch.Tensor  # (R, L, 384) MiniLM states: the prompt, each region's, no prompt
+    mask: torch.Tensor  # (R, L) which of them are tokens
+    layout: torch.Tensor | None  # (R, LAYOUT_DIM, fine gh, fine gw) plans; None: no plan
+    regions: torch.Tensor | None  # (R - 2, 1, fine gh, fine gw) bool: where each region's row
+
+
 def time_grid(steps: int, shift: float) -> torch.Tensor:
     """steps+1 times from 1 to 0, shifted as in training (more steps where layout is decided)."""
     return shift_time(torch.linspace(1.0, 0.0, steps + 1), shift)
@@ -62,7 +83,7 @@ class Sampler:
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], gw: int, gh: int) -> list[torch.Tensor]:
-        """Step 2: each input image, resized to the grid's pixel size, as (1, C, gh, gw) latents."""
+        """Step 3: each input image, resized to the grid's pixel size, as (1, C, gh, gw) latents."""
         out = []
         for im in images:
             small = im.convert("RGB").resize((gw * PX, gh * PX), Image.Resampling.BOX)
@@ -81,16 +102,10 @@ class Sampler:
         """`start` = (clean latents, t0): begin at t0 from those latents noised, not at t=1
         (evaluate.shape_time_probe: at which flow time is a shape decided)."""
         gw, gh = grid_for(spec.width, spec.height)
-        # Step 1: prompt and no-prompt conditions, batched together for one forward per step.
-        cond, cmask = self.text([spec.prompt])
-        unc, umask = null_condition(1)
-        L = max(cond.shape[1], 1)
-        text = torch.zeros(2, L, cond.shape[2])
-        mask = torch.zeros(2, L, dtype=torch.bool)
-        text[0, : cond.shape[1]], mask[0, : cond.shape[1]] = cond[0], cmask[0]
-        text[1, :1], mask[1, :1] = unc[0], umask[0]
-        refs2 = [r.expand(2, -1, -1, -1) for r in refs]
-        # Step 3: seeded noise.
+        cond = self.conditions(spec, refs, gw, gh)  # steps 1-2
+        rows = cond.text.shape[0]
+        refs_r = [r.expand(rows, -1, -1, -1) for r in refs]
+        # Step 4: seeded noise.
         if noise is None:
             noise = seeded_noise(spec.seed, self.ae.token_ch, gh, gw)
         if start is None:
@@ -98,34 +113,66 @@ class Sampler:
         else:
             z0, t0 = start
             x, ts = (1 - t0) * z0 + t0 * noise, torch.linspace(t0, 0.0, spec.steps + 1)
-        # Step 4: the layout plan, for the prompt's branch only (training drops it with the
-        # prompt, so guidance pushes towards plan and prompt together).
-        planned = self.layout(spec, refs, gw, gh)
-        if planned is not None:
-            planned = torch.cat([planned, torch.zeros_like(planned)])
         # Step 5: Euler integration of dx/dt = v, guided: v = v_u + g (v_c - v_u).
         g = guidance_or_default(spec.guidance)
         for i in range(spec.steps):
-            t = ts[i].expand(2)
-            v = self.dit(x.expand(2, -1, -1, -1), t, text, mask, refs2, planned)
-            v = v[1:] + g * (v[:1] - v[1:])
-            x = x + (ts[i + 1] - ts[i]) * v
+            t = ts[i].expand(rows)
+            v = self.dit(x.expand(rows, -1, -1, -1), t, cond.text, cond.mask, refs_r, cond.layout)
+            vc, vu = self.composite(v[:-1], cond.regions), v[-1:]
+            x = x + (ts[i + 1] - ts[i]) * (vu + g * (vc - vu))
             on_step()
         return x
 
-    def layout(
+    def conditions(
         self, spec: SampleSpec, refs: list[torch.Tensor], gw: int, gh: int
-    ) -> torch.Tensor | None:
-        """(1, LAYOUT_DIM, fine grid) plan of a text-to-image prompt, or None: no plan asked,
-        a model without them, input images (they say where things are), or a prompt the
-        caption grammar cannot read."""
+    ) -> Conditions:
+        """Steps 1-2: the rows of one batched forward per step: the prompt, each region's
+        prompt, and the no-prompt condition last."""
+        scene = self.plan(spec, refs)
+        grid = (gw * self.split, gh * self.split)
+        parts = regions(scene) if scene is not None else []
+        prompts = [spec.prompt, *(r.prompt for r in parts)]
+        states, smask = self.text(prompts)
+        unc, umask = null_condition(1)
+        rows, L = len(prompts) + 1, max(states.shape[1], 1)
+        text = torch.zeros(rows, L, states.shape[2])
+        mask = torch.zeros(rows, L, dtype=torch.bool)
+        text[:-1, : states.shape[1]], mask[:-1, : states.shape[1]] = states, smask
+        text[-1, :1], mask[-1, :1] = unc[0], umask[0]
+        if scene is None:
+            return Conditions(text, mask, None, None)
+        # The plan goes to the prompt's rows only: training drops it with the prompt, so
+        # guidance pushes towards plan and prompt together. A region's row plans its boxes.
+        plans = [scene.objects, *(r.objects for r in parts), ()]
+        objs = [o for p in plans for o in p]
+        layout = layout_map(plans, grid, phrase_vectors(self.text, map(phrase, objs)))
+        layout[-1] = 0.0
+        if not parts:
+            return Conditions(text, mask, layout, None)
+        # Each region's prediction is used on its boxes grown by one token, so the edges of a
+        # shape that reach past its box come from the same prompt as its middle.
+        each = [torch.stack([cover(o, grid) for o in r.objects]).any(0) for r in parts]
+        boxes = torch.stack(each)
+        grown = F.max_pool2d(boxes[:, None].float(), 3, stride=1, padding=1) > 0
+        return Conditions(text, mask, layout, grown)
+
+    def composite(self, v: torch.Tensor, regions: torch.Tensor | None) -> torch.Tensor:
+        """(1, C, gh, gw): the prompt's prediction (row 0), each region's own row (1..) on
+        its tokens, on the fine token grid the regions are drawn on."""
+        if regions is None:
+            return v[:1]
+        fine = to_fine(v, self.dit.cfg)
+        out = fine[:1]
+        for i, where in enumerate(regions):
+            out = torch.where(where, fine[i + 1 : i + 2], out)
+        return from_fine(out, self.dit.cfg)
+
+    def plan(self, spec: SampleSpec, refs: list[torch.Tensor]) -> Scene | None:
+        """The layout plan of a text-to-image prompt, or None: no plan asked, a model without
+        them, input images (they say where things are), or a prompt the grammar cannot read."""
         if not (spec.plan and self.plans) or refs:
             return None
-        scene = plan(spec.prompt, spec.seed)
-        if scene is None:
-            return None
-        vectors = phrase_vectors(self.text, (phrase(o) for o in scene.objects))
-        return layout_map([scene.objects], (gw * self.split, gh * self.split), vectors)
+        return plan(spec.prompt, spec.seed)
 
     @torch.inference_mode()
     def render(self, z: torch.Tensor, width: int, height: int) -> Image.Image:

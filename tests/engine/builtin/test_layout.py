@@ -7,8 +7,15 @@ import torch
 from dreamserve.engine.builtin.autoencoder import AutoEncoder
 from dreamserve.engine.builtin.data import Pools, build_pools
 from dreamserve.engine.builtin.dit import LAYOUT_DIM, DiT
-from dreamserve.engine.builtin.layout import all_phrases, layout_map, phrase_vectors, plan
-from dreamserve.engine.builtin.render import Obj
+from dreamserve.engine.builtin.layout import (
+    all_phrases,
+    cover,
+    layout_map,
+    phrase_vectors,
+    plan,
+    regions,
+)
+from dreamserve.engine.builtin.render import Obj, Scene
 from dreamserve.engine.builtin.sample import Sampler, SampleSpec
 from dreamserve.engine.builtin.stream import draw
 from dreamserve.engine.builtin.textenc import TextEncoder
@@ -97,14 +104,58 @@ def _sampler(enc: TextEncoder) -> Sampler:
 def test_the_sampler_plans_text_to_image_prompts_it_can_read(enc: TextEncoder) -> None:
     s = _sampler(enc)
     spec = SampleSpec("two red stars on a plain white background", 3, 64, 64, steps=2)
-    m = s.layout(spec, [], 4, 4)
-    assert m is not None and m.shape == (1, LAYOUT_DIM, 4, 4)
-    assert s.layout(SampleSpec("a portrait of a cat", 3, 64, 64), [], 4, 4) is None
-    assert s.layout(SampleSpec(spec.prompt, 3, 64, 64, plan=False), [], 4, 4) is None
-    assert s.layout(spec, [torch.zeros(1, 4, 4, 4)], 4, 4) is None  # inputs say where
+    scene = s.plan(spec, [])
+    assert scene is not None and len(scene.objects) == 2
+    assert s.plan(SampleSpec("a portrait of a cat", 3, 64, 64), []) is None
+    assert s.plan(SampleSpec(spec.prompt, 3, 64, 64, plan=False), []) is None
+    assert s.plan(spec, [torch.zeros(1, 4, 4, 4)]) is None  # inputs say where
+    c = s.conditions(spec, [], 4, 4)
+    assert c.layout is not None and c.layout.shape == (2, LAYOUT_DIM, 4, 4)
+    assert float(c.layout[-1].abs().sum()) == 0.0  # no plan for the no-prompt row
+    assert c.regions is None  # one phrase: nothing to split
 
     def image(sp: SampleSpec) -> bytes:
         return s(sp, [], lambda: None).tobytes()
 
     assert image(spec) == image(spec)  # deterministic, plan included
     assert image(spec) != image(SampleSpec(spec.prompt, 3, 64, 64, steps=2, plan=False))
+
+
+def test_a_plan_with_two_phrases_splits_into_regions_with_their_own_prompts() -> None:
+    a, b = Obj("star", "red", 0.3, 0.3, 0.2), Obj("circle", "blue", 0.7, 0.7, 0.2)
+    two = regions(Scene("grass field", (a, b)))
+    assert [(r.prompt, r.objects) for r in two] == [
+        ("a red star on a grass field", (a,)),
+        ("a blue circle on a grass field", (b,)),
+    ]
+    pair = regions(Scene("white", (a, a, b)))
+    assert pair[0].prompt == "two red stars on a plain white background"
+    assert regions(Scene("white", (a, a))) == [] and regions(Scene("white", ())) == []
+
+
+def test_each_region_is_drawn_from_its_own_prompt_and_the_rest_from_the_whole(
+    enc: TextEncoder,
+) -> None:
+    s = _sampler(enc)
+    spec = SampleSpec("a red star above a blue circle on a grass field", 3, 128, 128, steps=2)
+    scene = s.plan(spec, [])
+    assert scene is not None
+    c = s.conditions(spec, [], 8, 8)
+    assert c.text.shape[0] == 4 and c.layout is not None and c.regions is not None
+    assert c.text[1:3].ne(c.text[:1]).any()  # the regions' prompts are not the prompt
+    star, circle = scene.objects
+    assert c.regions.shape == (2, 1, 8, 8)
+    assert bool(c.regions[0, 0][cover(star, (8, 8))].all())  # its box, and one token more
+    assert int(c.regions[0].sum()) > int(cover(star, (8, 8)).sum())
+    assert not bool((c.regions[0] & c.regions[1]).any())  # apart, as the plan puts them
+    # A region's row plans its own box only.
+    assert bool((c.layout[1, 0] == 0)[cover(circle, (8, 8))].all())
+    assert bool((c.layout[1, 0] != 0)[cover(star, (8, 8))].all())
+    v = torch.arange(3.0)[:, None, None, None].expand(3, 4, 8, 8)  # rows 0, 1, 2
+    out = s.composite(v, c.regions)
+    assert out.shape == (1, 4, 8, 8)
+    assert bool((out[0, 0][c.regions[0, 0]] == 1).all())
+    assert bool((out[0, 0][c.regions[1, 0]] == 2).all())
+    assert bool((out[0, 0][~(c.regions[0, 0] | c.regions[1, 0])] == 0).all())
+    img = s(spec, [], lambda: None)
+    assert img.size == (128, 128)
