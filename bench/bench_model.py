@@ -22,13 +22,18 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.report import write_section
-from dreamserve.engine.builtin.dit import DiT
 from dreamserve.engine.builtin.pipeline import BuiltinGenerator
+from dreamserve.engine.builtin.sample import SampleSpec
 from dreamserve.request import GenerationRequest
 from dreamserve.runner import render
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPT = "a large red star at the top left on a grass field"
+# One phrase: one batch of 2 per step (prompt, no prompt). Two phrases: the sampler adds a
+# row per phrase (sample.Conditions.regions), the slowest text-to-image request it serves.
+PROMPTS = {
+    "one phrase": "a large red star at the top left on a grass field",
+    "two phrases": "a red star above a blue circle on a grass field",
+}
 TARGETS = {"1K": 1.5, "2K": 3.0, "4K": 8.0}
 
 
@@ -68,17 +73,22 @@ class Timers:
         setattr(obj, attr, timed)
 
 
-def dit_flops(dit: DiT, tokens_h: int, tokens_w: int, text_len: int) -> float:
-    """FLOPs of one guided transformer call (batch 2: prompt and no-prompt)."""
-    x = torch.randn(2, dit.cfg.latent_ch, tokens_h, tokens_w)
-    text, mask = torch.randn(2, text_len, 384), torch.ones(2, text_len, dtype=torch.bool)
+def dit_flops(gen: BuiltinGenerator, prompt: str) -> float:
+    """FLOPs of one guided transformer call on the 1:1 grid, with the rows the sampler runs
+    for `prompt` (the prompt, one per region, no prompt) and their plans."""
+    gh = gw = 8
+    c = gen.sampler.conditions(SampleSpec(prompt, 1, 1024, 1024), [], gw, gh)
+    rows, dit = c.text.shape[0], gen.sampler.dit
+    x = torch.randn(rows, dit.cfg.latent_ch, gh, gw)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        dit(x, torch.rand(2), text, mask, [])
+        dit(x, torch.rand(rows), c.text, c.mask, [], c.layout)
     return float(counter.get_total_flops())
 
 
-def run_size(gen: BuiltinGenerator, size: str, repeats: int, fmt: str) -> dict[str, float]:
-    inputs = {"prompt": PROMPT, "size": size, "aspect_ratio": "1:1", "seed": 1}
+def run_size(
+    gen: BuiltinGenerator, size: str, prompt: str, repeats: int, fmt: str
+) -> dict[str, float]:
+    inputs = {"prompt": prompt, "size": size, "aspect_ratio": "1:1", "seed": 1}
     req = GenerationRequest.parse(inputs | {"output_format": fmt})
     best: dict[str, float] = {}
     for _ in range(repeats):
@@ -100,12 +110,15 @@ def run_size(gen: BuiltinGenerator, size: str, repeats: int, fmt: str) -> dict[s
 
 
 COLUMNS = ("text encoder", "transformer", "decoder + upscale", "image encoder")
+PIXELS = {"1K": "1024x1024", "2K": "2048x2048", "4K": "4096x4096"}
 
 
-def table(rows: dict[str, dict[str, float]], peak: float, flops: float) -> str:
+def table(
+    rows: dict[tuple[str, str], dict[str, float]], peak: float, flops: dict[str, float]
+) -> str:
     head = [
         "size",
-        "pixels",
+        "prompt",
         "total s",
         "target s",
         "met",
@@ -114,12 +127,12 @@ def table(rows: dict[str, dict[str, float]], peak: float, flops: float) -> str:
         "% of peak",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for size, r in rows.items():
+    for (size, label), r in rows.items():
         tot = r["total"]
-        gflops = flops / max(r.get("transformer", 1e-9), 1e-9) / 1e9
+        gflops = flops[label] / max(r.get("transformer", 1e-9), 1e-9) / 1e9
         cells = [
-            size,
-            {"1K": "1024x1024", "2K": "2048x2048", "4K": "4096x4096"}[size],
+            f"{size} ({PIXELS[size]})",
+            label,
             f"{tot:.2f}",
             f"{TARGETS[size]}",
             "yes" if tot <= TARGETS[size] else "no",
@@ -141,18 +154,26 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     gen = BuiltinGenerator()
     peak = matmul_peak()
-    text_len = int(gen.sampler.text([PROMPT])[1].sum())
-    flops = dit_flops(gen.sampler.dit, 8, 8, text_len) * gen.steps
-    run_size(gen, "1K", 1, args.format)  # warm-up: first calls allocate and pick kernels
-    rows = {size: run_size(gen, size, args.repeats, args.format) for size in ("1K", "2K", "4K")}
+    flops = {label: dit_flops(gen, p) * gen.steps for label, p in PROMPTS.items()}
+    one = PROMPTS["one phrase"]
+    run_size(gen, "1K", one, 1, args.format)  # warm-up: first calls allocate and pick kernels
+    rows = {
+        (size, label): run_size(gen, size, p, args.repeats, args.format)
+        for size in ("1K", "2K", "4K")
+        for label, p in PROMPTS.items()
+    }
     body = (
         f"Request to encoded {args.format.upper()} file (dreamserve.runner.render, "
         "text-to-image, 1:1), "
         f"best of {args.repeats}, torch {torch.__version__} on {args.threads} threads of "
-        f"{os.cpu_count()} CPUs; {gen.steps} sampling steps with classifier-free guidance "
-        f"(batch 2 per step). Matmul peak measured in the same run: {peak:.1f} GFLOP/s "
-        "(fp32 2048^3). "
-        f"Transformer work: {flops / 1e9:.2f} GFLOP per image.\n\n"
+        f"{os.cpu_count()} CPUs; {gen.steps} sampling steps with classifier-free guidance. "
+        f'"one phrase" is "{one}" (batch 2 per step: prompt, no prompt); "two phrases" is '
+        f'"{PROMPTS["two phrases"]}" (batch 4: each phrase of its layout plan is also drawn '
+        "from its own prompt). "
+        f"Matmul peak measured in the same run: {peak:.1f} GFLOP/s (fp32 2048^3). "
+        "Transformer work per image: "
+        + ", ".join(f"{label} {f / 1e9:.2f} GFLOP" for label, f in flops.items())
+        + ".\n\n"
         + table(rows, peak, flops)
         + "\n\nShares are of the total; the rest is Python glue, seeding and resizing. "
         "Rerun: `.venv/bin/python -m bench.bench_model`."

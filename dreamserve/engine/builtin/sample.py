@@ -78,7 +78,9 @@ class Sampler:
     def __init__(self, ae: AutoEncoder, dit: DiT, sr: Upscaler, text: TextEncoder) -> None:
         self.ae, self.dit, self.sr, self.text = ae, dit, sr, text
         self.time_shift = dit.cfg.time_shift  # sampled as it was trained
-        # Read once, like the time shift: whether the model reads layout plans, on which grid.
+        # Read once, like the time shift (bench.bench_model wraps `dit` in a timer): whether
+        # the model reads layout plans, on which grid of fine tokens.
+        self.dit_cfg = dit.cfg
         self.plans, self.split = dit.cfg.layout, dit.cfg.split
 
     @torch.inference_mode()
@@ -161,11 +163,11 @@ class Sampler:
         its tokens, on the fine token grid the regions are drawn on."""
         if regions is None:
             return v[:1]
-        fine = to_fine(v, self.dit.cfg)
+        fine = to_fine(v, self.dit_cfg)
         out = fine[:1]
         for i, where in enumerate(regions):
             out = torch.where(where, fine[i + 1 : i + 2], out)
-        return from_fine(out, self.dit.cfg)
+        return from_fine(out, self.dit_cfg)
 
     def plan(self, spec: SampleSpec, refs: list[torch.Tensor]) -> Scene | None:
         """The layout plan of a text-to-image prompt, or None: no plan asked, a model without
