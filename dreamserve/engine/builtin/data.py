@@ -77,6 +77,7 @@ class Pools:
     states: torch.Tensor  # (N, MAX_TOKENS, 384) float16
     lengths: torch.Tensor  # (N,) real tokens per text
     index: dict[str, int]
+    focus: tuple[str, ...] = ()  # TrainConfig.shape_focus: the shapes `shapes` keeps, if any
 
     @functools.cached_property
     def shapes(self) -> list[PromptSpec]:
@@ -87,7 +88,8 @@ class Pools:
         them). 150 steps of single objects at 0.55 of the image taught it; at this world's
         sizes (large = 0.34) they did not, nor did 85 min of these batches (MODEL_CARD.md).
         """
-        return [s for s in self.t2i if s.kind == "single" and s.objs[0].size != "small"]
+        ones = [s for s in self.t2i if s.kind == "single" and s.objs[0].size != "small"]
+        return [s for s in ones if s.objs[0].shape in self.focus] if self.focus else ones
 
     @functools.cached_property
     def composed(self) -> list[PromptSpec]:

@@ -14,7 +14,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -271,6 +271,7 @@ def run(
     torch.set_num_threads(cfg.threads)
     clock = Clock(state, max_minutes)
     pools = build_pools(cfg.seed, cfg.pool_t2i, cfg.pool_edit, cfg.pool_ref, out / "cache", log)
+    pools = replace(pools, focus=cfg.shape_focus)
     log(f"training on {cfg.device}, DiT matmuls in {'bf16' if autocast_bf16(cfg) else 'fp32'}")
     if not state.ae_done:
         train_ae(state, pools, clock, random.Random(cfg.seed + state.ae_step), log)

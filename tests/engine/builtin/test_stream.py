@@ -1,5 +1,6 @@
 import itertools
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,15 @@ def test_shape_batches_hold_one_object_not_said_to_be_small(pools: Pools) -> Non
     assert b.kind == "shape" and all(t in specs for t in b.texts)
     assert all(specs[t].kind == "single" and specs[t].objs[0].size != "small" for t in b.texts)
     assert 0 < len(pools.shapes) < len(pools.t2i)
+
+
+def test_a_shape_focus_keeps_only_its_shapes_in_shape_batches(pools: Pools) -> None:
+    focused = replace(pools, focus=("circle", "flower"))
+    assert focused.shapes and {s.objs[0].shape for s in focused.shapes} <= {"circle", "flower"}
+    assert set(focused.shapes) < set(pools.shapes)
+    b = draw(focused, (0, 0, 0, 1, 0), (2, 2, 2, 8, 2), random.Random(3))
+    specs = {s.text: s for s in pools.t2i}
+    assert all(specs[t].objs[0].shape in ("circle", "flower") for t in b.texts)
 
 
 def test_compose_batches_hold_only_relations_and_counts(pools: Pools) -> None:
