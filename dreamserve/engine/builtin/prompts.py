@@ -142,7 +142,10 @@ def _split_background(text: str) -> tuple[str, str]:
         if m:
             return bg, f"{text[: m.start()]} {text[m.end() :]}"
     # Free wording: keywords, with the objects' nouns taken out ("red stars" is no night sky).
-    return _background(re.sub(rf"\b({'|'.join(SHAPES)})s?\b", " ", text)) or "white", text
+    bg = _background(re.sub(rf"\b({'|'.join(SHAPES)})s?\b", " ", text)) or "white"
+    if bg == "night sky":  # "a night sky with stars and a moon": the sky's stars, no object
+        text = re.sub(r"\b(with|under|full of)( the)? stars\b", " ", text)
+    return bg, text
 
 
 def _background(text: str) -> str | None:
@@ -206,11 +209,15 @@ def parse(prompt: str) -> PromptSpec | None:
         for _, size, color, shape in found
     ]
     if len(objs) >= 2:
-        for phrase, rel in RELS:
-            if re.search(rf"\b{phrase}\b", text):
-                a, b = (ObjSpec(o.shape, o.color) for o in objs[:2])
-                core = f"a {a.color} {a.shape} {rel} a {b.color} {b.shape}"
-                return PromptSpec("relation", bg, (a, b), f"{core} {bgp}", relation=rel)
+        said = [rel for phrase, rel in RELS if re.search(rf"\b{phrase}\b", text)]
+        # Two single objects and no relation word ("a sun and a moon", "... next to ..."):
+        # side by side in the order named, the nearest the grammar has. Read as one object,
+        # the rewrite and the plan dropped the second.
+        if said or all(n == 1 for n, *_ in found[:2]):
+            rel = said[0] if said else "left of"
+            a, b = (ObjSpec(o.shape, o.color) for o in objs[:2])
+            core = f"a {a.color} {a.shape} {rel} a {b.color} {b.shape}"
+            return PromptSpec("relation", bg, (a, b), f"{core} {bgp}", relation=rel)
     count, (o, *_) = found[0][0], objs
     if count > 1 or re.search(r"\b(one|single|exactly)\b", text):
         text_n = f"{NUMBERS[count]} {o.color} {o.shape}{'s' if count > 1 else ''} {bgp}"

@@ -27,6 +27,29 @@ def test_parse_reads_what_the_prompt_means_in_the_grammar() -> None:
     assert parse("a portrait of a cat") is None
 
 
+def test_two_objects_without_a_relation_word_are_both_kept_side_by_side() -> None:
+    both = parse("a sun and a moon")
+    assert both is not None and (both.kind, both.relation) == ("relation", "left of")
+    assert [(o.shape, o.color) for o in both.objs] == [("sun", "yellow"), ("moon", "yellow")]
+    assert enhance("a sun and a moon") == "a yellow sun left of a yellow moon " + (
+        "on a plain white background"
+    )
+    mixed = parse("two red circles and a blue square")  # a count: the grammar has no mix
+    assert mixed is not None and (mixed.kind, mixed.count) == ("count", 2)
+
+
+def test_a_night_skys_stars_are_background_not_objects() -> None:
+    moon = parse("a night sky with stars and a yellow moon")
+    assert moon is not None and moon.background == "night sky"
+    assert [(o.shape, o.color) for o in moon.objs] == [("moon", "yellow")]
+    stars = parse("three red stars at night")
+    assert stars is not None and (stars.kind, stars.count, stars.objs[0].shape) == (
+        "count",
+        3,
+        "star",
+    )
+
+
 def test_parse_reads_every_wording_of_the_caption_grammar_back_to_its_spec() -> None:
     # The layout planner (layout.plan) reads prompts with `parse`: on the model's own grammar
     # it must recover what each caption means ("on black", "in the middle right", "at night
