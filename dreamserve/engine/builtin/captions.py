@@ -84,7 +84,7 @@ class ObjSpec:
 
 @dataclass(frozen=True)
 class PromptSpec:
-    kind: str  # "single" | "relation" | "count"
+    kind: str  # "single" | "relation" | "count"; "scene" only from prompts.parse
     background: str
     objs: tuple[ObjSpec, ...]
     text: str

@@ -213,11 +213,12 @@ def parse(prompt: str) -> PromptSpec | None:
         # Two single objects and no relation word ("a sun and a moon", "... next to ..."):
         # side by side in the order named, the nearest the grammar has. Read as one object,
         # the rewrite and the plan dropped the second.
-        if said or all(n == 1 for n, *_ in found[:2]):
+        if said or (len(found) == 2 and all(n == 1 for n, *_ in found)):
             rel = said[0] if said else "left of"
             a, b = (ObjSpec(o.shape, o.color) for o in objs[:2])
             core = f"a {a.color} {a.shape} {rel} a {b.color} {b.shape}"
             return PromptSpec("relation", bg, (a, b), f"{core} {bgp}", relation=rel)
+        return _scene(found, bg, bgp)
     count, (o, *_) = found[0][0], objs
     if count > 1 or re.search(r"\b(one|single|exactly)\b", text):
         text_n = f"{NUMBERS[count]} {o.color} {o.shape}{'s' if count > 1 else ''} {bgp}"
@@ -230,6 +231,21 @@ def parse(prompt: str) -> PromptSpec | None:
     return PromptSpec(
         "single", bg, (o,), " ".join(w for w in ("a", noun, _position(cell), bgp) if w)
     )
+
+
+def _scene(found: list[tuple[int, str | None, str | None, str]], bg: str, bgp: str) -> PromptSpec:
+    """Several kinds of object and no relation ("two red circles and a blue square"): one
+    ObjSpec per object to draw, placed anywhere. The grammar never writes these; read as
+    its first object's count, the others were dropped (until session 29)."""
+    total = sum(n for n, *_ in found)
+    objs, nouns = [], []
+    for n, size, color, shape in found:
+        o = ObjSpec(shape, color or DEFAULT_ICON_COLOR.get(shape, "red"), size)
+        # Sized as the grammar sizes counts (captions.count_spec), unless the prompt says.
+        objs += [ObjSpec(o.shape, o.color, size or ("small" if total > 2 else "medium"))] * n
+        nouns.append(f"{NUMBERS[n]} {o.color} {o.shape}s" if n > 1 else f"a {o.color} {o.shape}")
+    listed = f"{', '.join(nouns[:-1])} and {nouns[-1]}"
+    return PromptSpec("scene", bg, tuple(objs), f"{listed} {bgp}")
 
 
 def enhance(prompt: str) -> str:

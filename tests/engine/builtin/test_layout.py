@@ -131,6 +131,13 @@ def test_a_plan_with_two_phrases_splits_into_regions_with_their_own_prompts() ->
     pair = regions(Scene("white", (a, a, b)))
     assert pair[0].prompt == "two red stars on a plain white background"
     assert regions(Scene("white", (a, a))) == [] and regions(Scene("white", ())) == []
+    mixed = plan("two red circles, a blue square and a green star", 4)
+    assert mixed is not None
+    assert [r.prompt for r in regions(mixed)] == [
+        "two red circles on a plain white background",
+        "a blue square on a plain white background",
+        "a green star on a plain white background",
+    ]
 
 
 def test_each_region_is_drawn_from_its_own_prompt_and_the_rest_from_the_whole(

@@ -1,6 +1,6 @@
 import random
 
-from dreamserve.engine.builtin.captions import ObjSpec, random_spec
+from dreamserve.engine.builtin.captions import ObjSpec, random_spec, realize
 from dreamserve.engine.builtin.prompts import enhance, normalize, parse, plan
 
 
@@ -34,8 +34,21 @@ def test_two_objects_without_a_relation_word_are_both_kept_side_by_side() -> Non
     assert enhance("a sun and a moon") == "a yellow sun left of a yellow moon " + (
         "on a plain white background"
     )
-    mixed = parse("two red circles and a blue square")  # a count: the grammar has no mix
-    assert mixed is not None and (mixed.kind, mixed.count) == ("count", 2)
+
+
+def test_several_kinds_of_object_are_read_as_a_scene_of_all_of_them() -> None:
+    mixed = parse("two red circles and a navy box on the beach")
+    assert mixed is not None and mixed.kind == "scene" and mixed.background == "sea and beach"
+    assert mixed.objs == (ObjSpec("circle", "red", "small"),) * 2 + (
+        ObjSpec("square", "blue", "small"),
+    )
+    assert mixed.text == "two red circles and a blue square at the beach by the sea"
+    three = parse("a red circle, a blue square and a green star")
+    assert three is not None and [o.shape for o in three.objs] == ["circle", "square", "star"]
+    assert three.text.startswith("a red circle, a blue square and a green star on a plain")
+    scene = realize(mixed, random.Random(0))  # every object gets a box of its own
+    assert [(o.shape, o.color) for o in scene.objects] == [(o.shape, o.color) for o in mixed.objs]
+    assert len({(o.x, o.y) for o in scene.objects}) == 3
 
 
 def test_a_night_skys_stars_are_background_not_objects() -> None:
