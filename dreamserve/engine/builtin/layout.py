@@ -110,7 +110,7 @@ def regions(scene: Scene) -> list[Region]:
     Why: in two-object prompts the transformer gives one object the other's shape about half
     the time, although each box carries its own phrase (MODEL_CARD.md, session 28): it takes
     shapes from the prompt's words. The sampler therefore predicts each region's tokens from
-    a prompt that names that region's objects alone (Sampler.latents), as LLM-grounded
+    a prompt that names that region's objects alone (Sampler.conditions), as LLM-grounded
     diffusion draws each box from its own phrase; the whole prompt still draws the rest.
     """
     groups: dict[str, list[Obj]] = {}

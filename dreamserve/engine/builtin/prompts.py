@@ -13,6 +13,7 @@ from dreamserve.engine.builtin.captions import (
     NUMBERS,
     ObjSpec,
     PromptSpec,
+    plural,
 )
 from dreamserve.engine.builtin.render import BACKGROUNDS, COLORS, PLAIN, SHAPES
 
@@ -218,7 +219,7 @@ def parse(prompt: str) -> PromptSpec | None:
             a, b = (ObjSpec(o.shape, o.color) for o in objs[:2])
             core = f"a {a.color} {a.shape} {rel} a {b.color} {b.shape}"
             return PromptSpec("relation", bg, (a, b), f"{core} {bgp}", relation=rel)
-        return _scene(found, bg, bgp)
+        return _scene([n for n, *_ in found], objs, bg, bgp)
     count, (o, *_) = found[0][0], objs
     if count > 1 or re.search(r"\b(one|single|exactly)\b", text):
         text_n = f"{NUMBERS[count]} {o.color} {o.shape}{'s' if count > 1 else ''} {bgp}"
@@ -233,19 +234,20 @@ def parse(prompt: str) -> PromptSpec | None:
     )
 
 
-def _scene(found: list[tuple[int, str | None, str | None, str]], bg: str, bgp: str) -> PromptSpec:
+def _scene(counts: list[int], objs: list[ObjSpec], bg: str, bgp: str) -> PromptSpec:
     """Several kinds of object and no relation ("two red circles and a blue square"): one
     ObjSpec per object to draw, placed anywhere. The grammar never writes these; read as
     its first object's count, the others were dropped (until session 29)."""
-    total = sum(n for n, *_ in found)
-    objs, nouns = [], []
-    for n, size, color, shape in found:
-        o = ObjSpec(shape, color or DEFAULT_ICON_COLOR.get(shape, "red"), size)
+    total = sum(counts)
+    drawn: list[ObjSpec] = []
+    nouns = []
+    for n, o in zip(counts, objs, strict=True):
         # Sized as the grammar sizes counts (captions.count_spec), unless the prompt says.
-        objs += [ObjSpec(o.shape, o.color, size or ("small" if total > 2 else "medium"))] * n
-        nouns.append(f"{NUMBERS[n]} {o.color} {o.shape}s" if n > 1 else f"a {o.color} {o.shape}")
+        drawn += [ObjSpec(o.shape, o.color, o.size or ("small" if total > 2 else "medium"))] * n
+        noun = " ".join(w for w in (o.size, o.color, plural(o.shape) if n > 1 else o.shape) if w)
+        nouns.append(f"{NUMBERS[n] if n > 1 else 'a'} {noun}")
     listed = f"{', '.join(nouns[:-1])} and {nouns[-1]}"
-    return PromptSpec("scene", bg, tuple(objs), f"{listed} {bgp}")
+    return PromptSpec("scene", bg, tuple(drawn), f"{listed} {bgp}")
 
 
 def enhance(prompt: str) -> str:
