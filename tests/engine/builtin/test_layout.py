@@ -138,6 +138,9 @@ def test_a_plan_with_two_phrases_splits_into_regions_with_their_own_prompts() ->
         "a blue square on a plain white background",
         "a green star on a plain white background",
     ]
+    four = plan("a red circle, a blue square, a green star and a pink heart", 4)
+    assert four is not None and len(four.objects) == 4
+    assert [r.objects[0].shape for r in regions(four)] == ["circle", "square", "star"]
 
 
 def test_each_region_is_drawn_from_its_own_prompt_and_the_rest_from_the_whole(
