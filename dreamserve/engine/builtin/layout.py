@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dreamserve.engine.builtin.captions import NUMBERS, plural, realize
+from dreamserve.engine.builtin.captions import realize
 from dreamserve.engine.builtin.dit import LAYOUT_DIM
-from dreamserve.engine.builtin.prompts import background_words, parse
+from dreamserve.engine.builtin.prompts import background_words, noun_phrase, parse
 from dreamserve.engine.builtin.render import COLORS, SHAPES, Obj, Scene
 from dreamserve.engine.builtin.textenc import TextEncoder
 
@@ -131,6 +131,4 @@ def regions(scene: Scene) -> list[Region]:
 
 def _alone(objs: Sequence[Obj], background: str) -> str:
     """A prompt in the grammar's words for these objects (one phrase) alone on the background."""
-    o, n = objs[0], len(objs)
-    noun = f"a {o.color} {o.shape}" if n == 1 else f"{NUMBERS[n]} {o.color} {plural(o.shape)}"
-    return f"{noun} {background}"
+    return f"{noun_phrase(len(objs), objs[0].color, objs[0].shape)} {background}"

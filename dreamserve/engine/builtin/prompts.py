@@ -217,7 +217,7 @@ def parse(prompt: str) -> PromptSpec | None:
         if said or (len(found) == 2 and all(n == 1 for n, *_ in found)):
             rel = said[0] if said else "left of"
             a, b = (ObjSpec(o.shape, o.color) for o in objs[:2])
-            core = f"a {a.color} {a.shape} {rel} a {b.color} {b.shape}"
+            core = f"{noun_phrase(1, a.color, a.shape)} {rel} {noun_phrase(1, b.color, b.shape)}"
             return PromptSpec("relation", bg, (a, b), f"{core} {bgp}", relation=rel)
         return _scene([n for n, *_ in found], objs, bg, bgp)
     count, (o, *_) = found[0][0], objs
@@ -244,10 +244,16 @@ def _scene(counts: list[int], objs: list[ObjSpec], bg: str, bgp: str) -> PromptS
     for n, o in zip(counts, objs, strict=True):
         # Sized as the grammar sizes counts (captions.count_spec), unless the prompt says.
         drawn += [ObjSpec(o.shape, o.color, o.size or ("small" if total > 2 else "medium"))] * n
-        noun = " ".join(w for w in (o.size, o.color, plural(o.shape) if n > 1 else o.shape) if w)
-        nouns.append(f"{NUMBERS[n] if n > 1 else 'a'} {noun}")
+        nouns.append(noun_phrase(n, o.color, o.shape, o.size))
     listed = f"{', '.join(nouns[:-1])} and {nouns[-1]}"
     return PromptSpec("scene", bg, tuple(drawn), f"{listed} {bgp}")
+
+
+def noun_phrase(n: int, color: str, shape: str, size: str | None = None) -> str:
+    """How the rewrites name n objects of one kind: "a red star", "a large red star",
+    "three red stars" (the count kind says "one" for its single object: `parse`)."""
+    words = " ".join(w for w in (size, color, plural(shape) if n > 1 else shape) if w)
+    return f"{NUMBERS[n] if n > 1 else 'a'} {words}"
 
 
 def enhance(prompt: str) -> str:

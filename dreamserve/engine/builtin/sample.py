@@ -79,9 +79,8 @@ class Sampler:
         self.ae, self.dit, self.sr, self.text = ae, dit, sr, text
         self.time_shift = dit.cfg.time_shift  # sampled as it was trained
         # Read once, like the time shift (bench.bench_model wraps `dit` in a timer): whether
-        # the model reads layout plans, on which grid of fine tokens.
+        # the model reads layout plans, and its grid of fine tokens.
         self.dit_cfg = dit.cfg
-        self.plans, self.split = dit.cfg.layout, dit.cfg.split
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image], gw: int, gh: int) -> list[torch.Tensor]:
@@ -131,7 +130,7 @@ class Sampler:
         """Steps 1-2: the rows of one batched forward per step: the prompt, each region's
         prompt, and the no-prompt condition last."""
         scene = self.plan(spec, refs)
-        grid = (gw * self.split, gh * self.split)
+        grid = (gw * self.dit_cfg.split, gh * self.dit_cfg.split)
         parts = regions(scene) if scene is not None else []
         prompts = [spec.prompt, *(r.prompt for r in parts)]
         states, smask = self.text(prompts)
@@ -145,10 +144,10 @@ class Sampler:
             return Conditions(text, mask, None, None)
         # The plan goes to the prompt's rows only: training drops it with the prompt, so
         # guidance pushes towards plan and prompt together. A region's row plans its boxes.
-        plans = [scene.objects, *(r.objects for r in parts), ()]
+        plans = [scene.objects, *(r.objects for r in parts)]
         objs = [o for p in plans for o in p]
         layout = layout_map(plans, grid, phrase_vectors(self.text, map(phrase, objs)))
-        layout[-1] = 0.0
+        layout = torch.cat([layout, torch.zeros_like(layout[:1])])  # the no-prompt row
         if not parts:
             return Conditions(text, mask, layout, None)
         # Each region's prediction is used on its boxes grown by one token, so the edges of a
@@ -172,7 +171,7 @@ class Sampler:
     def plan(self, spec: SampleSpec, refs: list[torch.Tensor]) -> Scene | None:
         """The layout plan of a text-to-image prompt, or None: no plan asked, a model without
         them, input images (they say where things are), or a prompt the grammar cannot read."""
-        if not (spec.plan and self.plans) or refs:
+        if not (spec.plan and self.dit_cfg.layout) or refs:
             return None
         return plan(spec.prompt, spec.seed)
 
