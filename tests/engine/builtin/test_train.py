@@ -1,5 +1,6 @@
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,22 @@ def test_the_dit_loss_weights_object_pixels_and_keeps_its_scale() -> None:
     # With no objects (or a weight of 1) it is the plain MSE.
     plain = torch.randn(2, 128, 2, 3)
     assert torch.isclose(train.dit_loss(plain, torch.zeros(2, 1, 32, 48), cfg), plain.pow(2).mean())
+
+
+def test_an_edge_weight_weights_the_outline_above_the_inside() -> None:
+    cfg = replace(copy.deepcopy(CONFIGS["default"]), edge_weight=30.0)
+    objects = torch.zeros(1, 1, 32, 32)
+    objects[..., 2:14, 2:14] = 1.0  # an object inside the top-left cell, its rim partly off
+    err = torch.zeros(1, 128, 2, 2)
+    rim, inside, background = err.clone(), err.clone(), err.clone()
+    # Cell (0,0) holds latent pixels 0-3 of each side: pixel 0 is half object (rim), 1 whole.
+    rim.view(1, 8, 4, 4, 2, 2)[:, 0, 0, 0, 0, 0] = 1.0
+    inside.view(1, 8, 4, 4, 2, 2)[:, 0, 1, 1, 0, 0] = 1.0
+    background.view(1, 8, 4, 4, 2, 2)[:, 0, 0, 0, 1, 1] = 1.0
+    r, i, b = (train.dit_loss(e, objects, cfg) for e in (rim, inside, background))
+    assert torch.isclose(r, 30.0 * b) and torch.isclose(i, cfg.object_weight * b)
+
+
+def test_a_shape_focus_names_only_shapes() -> None:
+    with pytest.raises(ValueError, match="'hexagonn'"):
+        replace(CONFIGS["default"], shape_focus=("circle", "hexagonn"))
