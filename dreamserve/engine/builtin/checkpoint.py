@@ -25,6 +25,7 @@ from dreamserve.engine.builtin.surgery import (
     add_layout,
     add_local,
     add_ref_copies,
+    add_refiner,
     add_rope,
     split_tokens,
     unturn_pairs,
@@ -78,9 +79,18 @@ def _ae_optimizer(ae: AutoEncoder, cfg: TrainConfig) -> torch.optim.Optimizer:
 def _dit_optimizer(dit: DiT, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW over the DiT. The rotary gains (one scalar per head, dit.Attention) train at 10x
     the learning rate and without weight decay: grown from zero onto a trained model, they have
-    to travel to ~1 within one run, where every other weight moves by small steps."""
-    gains = [p for n, p in dit.named_parameters() if n.endswith(".rope_gain")]
-    rest = [p for n, p in dit.named_parameters() if not n.endswith(".rope_gain")]
+    to travel to ~1 within one run, where every other weight moves by small steps.
+    With `cfg.train_only`, only the parameters under those names train, the rest frozen; a
+    model that has none of them yet trains whole until `grow` gives them (and a new optimiser).
+    """
+    named = list(dit.named_parameters())
+    only = [(n, p) for n, p in named if n.startswith(cfg.train_only)]
+    if only:
+        for n, p in named:
+            p.requires_grad_(n.startswith(cfg.train_only))
+        named = only
+    gains = [p for n, p in named if n.endswith(".rope_gain")]
+    rest = [p for n, p in named if not n.endswith(".rope_gain")]
     groups: list[dict[str, Any]] = [{"params": rest}]
     if gains:
         groups.append({"params": gains, "lr_scale": 10.0, "weight_decay": 0.0})
@@ -161,13 +171,14 @@ def from_package(want: TrainConfig) -> State:
 
 def grow(state: State, want: TrainConfig, rope_gain: float = 0.0) -> State:
     """Bring a model from an older config up to `want`: time shift, copy path, fine tokens,
-    local convolutions, rotary positions, copy slots for every input, layout plans.
+    local convolutions, rotary positions, copy slots for every input, layout plans, the
+    refiner.
 
     A model trained unshifted continues with `want`'s time shift (and is sampled with it).
     A model without the copy path (DiTConfig.copy_input) gains it, a one-token-per-cell
     model is split into `want`'s fine tokens, and one without local convolutions, rotary
-    positions, copy slots for every input or layout plans gains them (surgery.py: each
-    starts from the old function). What a model has and `want` lacks, it keeps: growing never
+    positions, copy slots for every input, layout plans or a refiner gains them (surgery.py:
+    each starts from the old function). What a model has and `want` lacks, it keeps: growing never
     removes what was trained.
     Rotary gains grown now start at `rope_gain` (surgery.add_rope: 0 keeps the function), and
     a rotary model takes `want`'s share of unturned pairs (surgery.unturn_pairs).
@@ -182,7 +193,8 @@ def grow(state: State, want: TrainConfig, rope_gain: float = 0.0) -> State:
     unturn = want.dit.rope and want.dit.rope_unturned != have.rope_unturned
     ref_copies = want.dit.copy_refs and not have.copy_refs
     layout = want.dit.layout and not have.layout
-    changes = (copy_path, local, rope, unturn, ref_copies, layout)
+    refine = bool(want.dit.refine) and not have.refine
+    changes = (copy_path, local, rope, unturn, ref_copies, layout, refine)
     if not any(changes) and want.dit.split == have.split:
         return state
 
@@ -193,6 +205,7 @@ def grow(state: State, want: TrainConfig, rope_gain: float = 0.0) -> State:
         model = add_rope(model, rope_gain) if rope else model
         model = add_ref_copies(model) if ref_copies else model
         model = add_layout(model) if layout else model
+        model = add_refiner(model, want.dit.refine) if refine else model
         return unturn_pairs(model, want.dit.rope_unturned) if unturn else model
 
     dev = torch.device(state.cfg.device)

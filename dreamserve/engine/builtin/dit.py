@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dreamserve.engine.builtin.refine import Refiner
 from dreamserve.engine.builtin.textenc import TEXT_DIM
 
 LAYOUT_DIM = TEXT_DIM + 1  # per fine target token: phrase vectors of the plan, "a plan is given"
@@ -251,6 +252,7 @@ class DiTConfig:
     rope: bool = False  # 2D rotary positions in attention (module docstring)
     rope_unturned: float = 0.0  # share of rotary pairs never turned (module docstring)
     layout: bool = False  # the target tokens read a layout plan (module docstring)
+    refine: int = 0  # width of the convolutional head over latent pixels (refine.py); 0: none
 
     @property
     def copy_slots(self) -> int:
@@ -321,6 +323,8 @@ class DiT(nn.Module):
         self.norm_out = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Linear(D, 2 * D)
         self.out = nn.Linear(D, cfg.token_ch)
+        side = cfg.patch // cfg.split  # latent pixels per fine token side
+        self.refine = Refiner(D, cfg.token_ch, side, cfg.refine) if cfg.refine else None
         for m in (self.ada_out, self.out, *([self.layout_in] if self.layout_in else [])):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
@@ -388,6 +392,8 @@ class DiT(nn.Module):
         shift, scale = self.ada_out(F.silu(c)).chunk(2, dim=-1)
         h = modulate(self.norm_out(h[:, -gh * gw :]), shift, scale)  # target tokens only
         v = self.out(h).transpose(1, 2).reshape(B, C, gh, gw)  # predicted velocity
+        if self.refine is not None:
+            v = self.refine(h, x, v)
         return from_fine(v, self.cfg)  # (B, latent_ch, cells high, cells wide)
 
 

@@ -112,6 +112,15 @@ def add_layout(old: DiT) -> DiT:
     return _load_grown(new, old, lambda k: k.startswith("layout_in."))
 
 
+def add_refiner(old: DiT, channels: int) -> DiT:
+    """A DiT with the convolutional head over latent pixels (refine.py), computing what `old`
+    computes: the head's last convolution starts at zero; everything else is loaded."""
+    if old.cfg.refine:
+        return old
+    new = DiT(replace(old.cfg, refine=channels))
+    return _load_grown(new, old, lambda k: k.startswith("refine."))
+
+
 def add_rope(old: DiT, gain: float = 0.0) -> DiT:
     """A DiT with rotary positions in attention (DiTConfig.rope); everything else is loaded.
 

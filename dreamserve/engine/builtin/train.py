@@ -342,6 +342,10 @@ def main(
     else:
         state = new_state(want)
     state = new_dit(state, want) if fresh_dit else grow(state, want, rope_gain)
+    names = [n for n, _ in state.dit.named_parameters()]
+    if want.train_only and not any(n.startswith(want.train_only) for n in names):
+        print(f"config {config!r} trains only {want.train_only}, which this DiT does not have")
+        return 2
     if decoder_blocks is not None:
         try:
             state = grow_decoder(state, decoder_blocks)

@@ -54,6 +54,9 @@ class TrainConfig:
     # transformer does not tell apart (session 29: flower 0 of 12, hexagon 0 of 5, sun 1 of 9
     # single-object prompts right, drawn as circles; every other shape 85%).
     shape_focus: tuple[str, ...] = ()
+    # Train only the DiT's parameters under these names ("refine." : the refiner), the rest
+    # frozen: a grown part learns on top of the trained model, which it cannot disturb.
+    train_only: tuple[str, ...] = ()
     t_uniform: float = 0.15  # share of flow times drawn uniformly, so low noise is still trained
     # Loss weight of latent pixels on an object against background ones (train.dit_loss).
     object_weight: float = 10.0
@@ -90,6 +93,7 @@ class TrainConfig:
         kw["mix"] = (*kw["mix"], *[0.0] * missing)
         kw["batch"] = (*kw["batch"], *[kw["batch"][0]] * missing)
         kw["shape_focus"] = tuple(kw.get("shape_focus", ()))
+        kw["train_only"] = tuple(kw.get("train_only", ()))
         return cls(**kw)
 
 
@@ -132,6 +136,17 @@ CONFIGS: dict[str, TrainConfig] = {
     # and 40% of flow times drawn uniformly (15%): round shapes lost their outlines even when
     # denoised from t = 0.3, where the shifted schedule trains 6% of the time (session 30).
     "outline": TrainConfig(t_uniform=0.4, edge_weight=30.0),
+    # The outline schedule, and a convolutional head over latent pixels (refine.py) grown
+    # onto the transformer at zero and trained alone: outlines run inside the fine tokens,
+    # and the rest of the model stays as shipped (session 30).
+    "refine": TrainConfig(
+        dit=DiTConfig(
+            split=2, local=3, rope=True, rope_unturned=0.5, copy_refs=True, layout=True, refine=32
+        ),
+        t_uniform=0.4,
+        edge_weight=30.0,
+        train_only=("refine.",),
+    ),
     # For tests: trains a few steps of a toy-sized model in seconds.
     "tiny": TrainConfig(
         ae=AEConfig(latent_ch=4, enc_ch=(8, 8, 8, 8), dec_ch=(8, 8, 8, 8), patch=1),

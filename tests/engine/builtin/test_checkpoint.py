@@ -121,3 +121,26 @@ def test_growing_the_decoder_gives_the_optimiser_its_new_parameters() -> None:
     params = {id(p) for g in state.opt_ae.param_groups for p in g["params"]}
     assert params == {id(p) for p in state.ae.parameters()}
     assert sum(p.numel() for p in state.ae.parameters()) > before
+
+
+def test_growing_adds_the_configs_refiner_to_the_model_and_its_ema() -> None:
+    fine = DiTConfig(latent_ch=16, patch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0, split=2)
+    have = replace(copy.deepcopy(CONFIGS["tiny"]), dit=fine)
+    want = replace(copy.deepcopy(CONFIGS["tiny"]), dit=replace(fine, refine=8))
+    state = grow(new_state(have), want)
+    assert state.cfg.dit.refine == state.dit.cfg.refine == state.ema.cfg.refine == 8
+    assert state.ema.refine is not None and not state.ema.refine.convs[0].weight.requires_grad
+    opt_params = {id(p) for g in state.opt_dit.param_groups for p in g["params"]}
+    assert opt_params == {id(p) for p in state.dit.parameters()}
+    assert grow(state, want) is state
+
+
+def test_train_only_freezes_all_but_the_named_parameters() -> None:
+    fine = DiTConfig(latent_ch=16, patch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0, split=2)
+    have = replace(copy.deepcopy(CONFIGS["tiny"]), dit=fine)
+    want = replace(have, dit=replace(fine, refine=8), train_only=("refine.",))
+    state = grow(new_state(replace(have, train_only=want.train_only)), want)  # as from_package
+    opt_params = {id(p) for g in state.opt_dit.param_groups for p in g["params"]}
+    assert state.dit.refine is not None
+    assert opt_params == {id(p) for p in state.dit.refine.parameters()}
+    assert not any(p.requires_grad for n, p in state.dit.named_parameters() if "refine" not in n)

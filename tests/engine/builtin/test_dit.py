@@ -1,6 +1,7 @@
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 
 from dreamserve.engine.builtin.dit import (
     DiT,
@@ -14,6 +15,7 @@ from dreamserve.engine.builtin.dit import (
     shift_time,
     to_fine,
 )
+from dreamserve.engine.builtin.refine import Refiner
 
 SMALL = DiTConfig(latent_ch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0)
 
@@ -190,3 +192,35 @@ def test_unturned_rotary_pairs_are_the_longest_wavelengths_and_match_the_same_ev
     free = torch.cat([scores[..., 8:16], scores[..., 24:32]], dim=-1).sum(-1)  # pairs 4-7, 12-15
     assert torch.allclose(free, free[..., :1].expand_as(free), atol=1e-5)
     assert torch.equal(rope_angles(pos, 32, unturned=1.0), torch.zeros(9, 16))
+
+
+def test_a_refiner_grown_at_zero_is_the_model_it_was_grown_from() -> None:
+    torch.manual_seed(0)
+    cfg = DiTConfig(**{**SMALL.to_dict(), "latent_ch": 16, "patch": 4, "split": 2})
+    plain = _perturb(DiT(cfg))
+    refined = DiT(replace(cfg, refine=8)).eval()
+    refined.load_state_dict(plain.state_dict(), strict=False)
+    g = torch.Generator().manual_seed(0)
+    x, text = torch.randn(1, 16, 3, 5, generator=g), torch.randn(1, 6, 384, generator=g)
+    args = (torch.tensor([0.3]), text, torch.ones(1, 6, dtype=torch.bool))
+    with torch.no_grad():
+        assert torch.equal(refined(x, *args), plain(x, *args))  # its last convolution at zero
+        assert refined.refine is not None
+        torch.nn.init.normal_(refined.refine.convs[-1].weight, std=0.1)
+        v = refined(x, *args)
+    assert v.shape == x.shape and not torch.allclose(v, plain(x, *args))
+
+
+def test_the_refiner_redraws_each_latent_pixel_from_its_neighbourhood() -> None:
+    torch.manual_seed(0)
+    head = Refiner(dim=32, token_ch=4, side=2, channels=8)  # fine tokens of 2x2 latent pixels
+    torch.nn.init.normal_(head.convs[-1].weight, std=0.1)
+    h, v = torch.randn(1, 3 * 5, 32), torch.randn(1, 4, 3, 5)
+    x = torch.randn(1, 4, 3, 5)
+    x2 = x.clone()
+    x2[0, 0, 0, 0] += 1.0  # latent pixel (0, 0)
+    with torch.no_grad():
+        a, b = head(h, x, v), head(h, x2, v)
+    diff = (F.pixel_shuffle(a, 2) - F.pixel_shuffle(b, 2)).abs()[0, 0]  # (6, 10) latent pixels
+    # Three 3x3 convolutions reach three latent pixels: (0, 0) moves only pixels within 3.
+    assert diff[:4, :4].sum() > 0 and diff[4:].sum() == 0 and diff[:, 4:].sum() == 0

@@ -259,3 +259,11 @@ def test_an_edge_weight_weights_the_outline_above_the_inside() -> None:
 def test_a_shape_focus_names_only_shapes() -> None:
     with pytest.raises(ValueError, match="'hexagonn'"):
         replace(CONFIGS["default"], shape_focus=("circle", "hexagonn"))
+
+
+def test_a_config_that_trains_only_parts_the_dit_lacks_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(train.CONFIGS, "odd", replace(CONFIGS["tiny"], train_only=("nothing.",)))
+    assert train.main(out=tmp_path, config="odd") == 2
+    assert "('nothing.',), which this DiT does not have" in capsys.readouterr().out
