@@ -209,8 +209,13 @@ def grow(state: State, want: TrainConfig, rope_gain: float = 0.0) -> State:
         return unturn_pairs(model, want.dit.rope_unturned) if unturn else model
 
     dev = torch.device(state.cfg.device)
+    had = set(state.ema.state_dict())
     state.dit = grown(state.dit).to(dev)
     state.ema = grown(state.ema).to(dev).requires_grad_(False)
+    # Parts grown with a random start (the refiner's) start the same in the EMA as in the
+    # model, or the EMA would average toward them from an unrelated random start.
+    new = {k: v for k, v in state.dit.state_dict().items() if k not in had}
+    state.ema.load_state_dict(new, strict=False)
     state.cfg.dit = state.dit.cfg
     state.opt_dit = _dit_optimizer(state.dit, state.cfg)
     return state

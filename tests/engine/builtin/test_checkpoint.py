@@ -130,6 +130,8 @@ def test_growing_adds_the_configs_refiner_to_the_model_and_its_ema() -> None:
     state = grow(new_state(have), want)
     assert state.cfg.dit.refine == state.dit.cfg.refine == state.ema.cfg.refine == 8
     assert state.ema.refine is not None and not state.ema.refine.convs[0].weight.requires_grad
+    assert state.dit.refine is not None  # its random start is the EMA's too
+    assert torch.equal(state.ema.refine.convs[0].weight, state.dit.refine.convs[0].weight)
     opt_params = {id(p) for g in state.opt_dit.param_groups for p in g["params"]}
     assert opt_params == {id(p) for p in state.dit.parameters()}
     assert grow(state, want) is state
