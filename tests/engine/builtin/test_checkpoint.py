@@ -8,7 +8,18 @@ from dreamserve.engine.builtin.autoencoder import AEConfig
 from dreamserve.engine.builtin.checkpoint import grow, grow_decoder, new_state, resume_config
 from dreamserve.engine.builtin.dit import LAYOUT_DIM, DiTConfig
 from dreamserve.engine.builtin.image_steps import optimize
-from dreamserve.engine.builtin.train_config import CONFIGS
+from dreamserve.engine.builtin.train_config import CONFIGS, TrainConfig
+
+
+def _fine_tiny(depth: int = 1, **grown: object) -> tuple[TrainConfig, TrainConfig]:
+    """A tiny config with fine tokens, and the same grown by `grown` (DiTConfig fields)."""
+    fine = DiTConfig(latent_ch=16, patch=4, dim=32, depth=depth, heads=2, mlp_ratio=2.0, split=2)
+    have = replace(copy.deepcopy(CONFIGS["tiny"]), dit=fine)
+    return have, replace(copy.deepcopy(have), dit=replace(fine, **grown))  # type: ignore[arg-type]
+
+
+def _trained(opt: torch.optim.Optimizer) -> set[int]:
+    return {id(p) for g in opt.param_groups for p in g["params"]}
 
 
 def test_resuming_keeps_the_model_and_takes_the_schedule_and_hardware_from_the_config() -> None:
@@ -37,14 +48,11 @@ def test_growing_splits_a_one_token_per_cell_model_into_the_configs_fine_tokens(
 
 
 def test_growing_adds_the_configs_local_convolutions_to_a_model_without_them() -> None:
-    fine = DiTConfig(latent_ch=16, patch=4, dim=32, depth=2, heads=2, mlp_ratio=2.0, split=2)
-    have = replace(copy.deepcopy(CONFIGS["tiny"]), dit=fine)
-    want = replace(copy.deepcopy(CONFIGS["tiny"]), dit=replace(fine, local=3))
+    have, want = _fine_tiny(depth=2, local=3)
     state = grow(new_state(have), want)
     assert state.cfg.dit.local == state.dit.cfg.local == state.ema.cfg.local == 3
     assert all(b.local is not None for b in state.ema.blocks)
-    opt_params = {id(p) for g in state.opt_dit.param_groups for p in g["params"]}
-    assert opt_params == {id(p) for p in state.dit.parameters()}
+    assert _trained(state.opt_dit) == {id(p) for p in state.dit.parameters()}
     assert grow(state, want) is state
 
 
@@ -124,25 +132,20 @@ def test_growing_the_decoder_gives_the_optimiser_its_new_parameters() -> None:
 
 
 def test_growing_adds_the_configs_refiner_to_the_model_and_its_ema() -> None:
-    fine = DiTConfig(latent_ch=16, patch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0, split=2)
-    have = replace(copy.deepcopy(CONFIGS["tiny"]), dit=fine)
-    want = replace(copy.deepcopy(CONFIGS["tiny"]), dit=replace(fine, refine=8))
+    have, want = _fine_tiny(refine=8)
     state = grow(new_state(have), want)
     assert state.cfg.dit.refine == state.dit.cfg.refine == state.ema.cfg.refine == 8
     assert state.ema.refine is not None and not state.ema.refine.convs[0].weight.requires_grad
     assert state.dit.refine is not None  # its random start is the EMA's too
     assert torch.equal(state.ema.refine.convs[0].weight, state.dit.refine.convs[0].weight)
-    opt_params = {id(p) for g in state.opt_dit.param_groups for p in g["params"]}
-    assert opt_params == {id(p) for p in state.dit.parameters()}
+    assert _trained(state.opt_dit) == {id(p) for p in state.dit.parameters()}
     assert grow(state, want) is state
 
 
 def test_train_only_freezes_all_but_the_named_parameters() -> None:
-    fine = DiTConfig(latent_ch=16, patch=4, dim=32, depth=1, heads=2, mlp_ratio=2.0, split=2)
-    have = replace(copy.deepcopy(CONFIGS["tiny"]), dit=fine)
-    want = replace(have, dit=replace(fine, refine=8), train_only=("refine.",))
-    state = grow(new_state(replace(have, train_only=want.train_only)), want)  # as from_package
-    opt_params = {id(p) for g in state.opt_dit.param_groups for p in g["params"]}
+    have, want = _fine_tiny(refine=8)
+    have, want = (replace(c, train_only=("refine.",)) for c in (have, want))
+    state = grow(new_state(have), want)  # as from_package: the model lacks them at first
     assert state.dit.refine is not None
-    assert opt_params == {id(p) for p in state.dit.refine.parameters()}
+    assert _trained(state.opt_dit) == {id(p) for p in state.dit.refine.parameters()}
     assert not any(p.requires_grad for n, p in state.dit.named_parameters() if "refine" not in n)
