@@ -178,8 +178,8 @@ def grow(state: State, want: TrainConfig, rope_gain: float = 0.0) -> State:
     A model without the copy path (DiTConfig.copy_input) gains it, a one-token-per-cell
     model is split into `want`'s fine tokens, and one without local convolutions, rotary
     positions, copy slots for every input, layout plans or a refiner gains them (surgery.py:
-    each starts from the old function). What a model has and `want` lacks, it keeps: growing never
-    removes what was trained.
+    each starts from the old function). What a model has and `want` lacks, it keeps: growing
+    never removes what was trained.
     Rotary gains grown now start at `rope_gain` (surgery.add_rope: 0 keeps the function), and
     a rotary model takes `want`'s share of unturned pairs (surgery.unturn_pairs).
     The DiT's AdamW moments restart whenever a parameter was added or changed shape.

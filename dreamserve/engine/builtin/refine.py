@@ -4,11 +4,12 @@ Why (session 30, MODEL_CARD.md): a fine token covers 2x2 latent pixels (8x8 imag
 the working size), and circles, hexagons, flowers and suns of one size light up the same
 tokens; what tells them apart is where the outline runs *inside* the edge tokens, which the
 transformer writes through one linear layer per token. Renders of those shapes noised only
-to t = 0.3 came back as discs. The refiner works at the latent pixels themselves: 3x3
-convolutions over the noisy latents (where the outline is now), the transformer's velocity,
-and features the transformer writes for each of its latent pixels (what the object is), so
-an outline is a local pattern drawn next to its neighbours, as a U-Net's last layers draw
-it. Its last convolution starts at zero, so a model grown with it computes what it did.
+to t = 0.3 came back rounded (a flower as a hexagon, a hexagon as a circle). The refiner
+works at the latent pixels themselves: 3x3 convolutions over the noisy latents (where the
+outline is now), the transformer's velocity, and features the transformer writes for each
+of its latent pixels (what the object is), so an outline is a local pattern drawn next to
+its neighbours, as a U-Net's last layers draw it. Its last convolution starts at zero, so a
+model grown with it computes what it did.
 """
 
 from __future__ import annotations

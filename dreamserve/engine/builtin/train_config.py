@@ -54,7 +54,7 @@ class TrainConfig:
     # transformer does not tell apart (session 29: flower 0 of 12, hexagon 0 of 5, sun 1 of 9
     # single-object prompts right, drawn as circles; every other shape 85%).
     shape_focus: tuple[str, ...] = ()
-    # Train only the DiT's parameters under these names ("refine." : the refiner), the rest
+    # Train only the DiT's parameters under these names ("refine.": the refiner), the rest
     # frozen: a grown part learns on top of the trained model, which it cannot disturb.
     train_only: tuple[str, ...] = ()
     t_uniform: float = 0.15  # share of flow times drawn uniformly, so low noise is still trained
@@ -62,7 +62,7 @@ class TrainConfig:
     object_weight: float = 10.0
     # Loss weight of latent pixels on an object's outline (part object, part background); 0:
     # weighted as the rest of the object. Session 30: flowers, hexagons and suns noised only to
-    # t = 0.3 came back as discs, their outlines smoothed away (MODEL_CARD.md).
+    # t = 0.3 came back with their outlines smoothed away (MODEL_CARD.md).
     edge_weight: float = 0.0
     ckpt_minutes: float = 4.0
     threads: int = 2
