@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dreamserve.engine.builtin.autoencoder import AEConfig
@@ -140,9 +140,7 @@ CONFIGS: dict[str, TrainConfig] = {
     # onto the transformer at zero and trained alone: outlines run inside the fine tokens,
     # and the rest of the model stays as shipped (session 30).
     "refine": TrainConfig(
-        dit=DiTConfig(
-            split=2, local=3, rope=True, rope_unturned=0.5, copy_refs=True, layout=True, refine=32
-        ),
+        dit=replace(TrainConfig().dit, refine=32),  # the shipped transformer's, plus the head
         t_uniform=0.4,
         edge_weight=30.0,
         train_only=("refine.",),

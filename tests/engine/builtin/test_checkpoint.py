@@ -15,7 +15,7 @@ def _fine_tiny(depth: int = 1, **grown: object) -> tuple[TrainConfig, TrainConfi
     """A tiny config with fine tokens, and the same grown by `grown` (DiTConfig fields)."""
     fine = DiTConfig(latent_ch=16, patch=4, dim=32, depth=depth, heads=2, mlp_ratio=2.0, split=2)
     have = replace(copy.deepcopy(CONFIGS["tiny"]), dit=fine)
-    return have, replace(copy.deepcopy(have), dit=replace(fine, **grown))  # type: ignore[arg-type]
+    return have, replace(copy.deepcopy(have), dit=replace(fine, **grown))
 
 
 def _trained(opt: torch.optim.Optimizer) -> set[int]:
