@@ -19,7 +19,7 @@ import torch
 from dreamserve.engine.builtin.captions import PromptSpec, random_spec, realize
 from dreamserve.engine.builtin.layout import all_phrases, phrase_vectors
 from dreamserve.engine.builtin.pairs import TaskSpec, edit_spec, realize_task, ref_spec
-from dreamserve.engine.builtin.render import Scene, object_mask, render
+from dreamserve.engine.builtin.render import SHAPES, Scene, object_mask, render
 from dreamserve.engine.builtin.textenc import MAX_TOKENS, TEXT_DIM, TextEncoder
 
 # Token grids (width, height) per aspect ratio, each about 64 tokens of 16x16 input pixels.
@@ -78,6 +78,7 @@ class Pools:
     lengths: torch.Tensor  # (N,) real tokens per text
     index: dict[str, int]
     focus: tuple[str, ...] = ()  # TrainConfig.shape_focus: the shapes `shapes` keeps, if any
+    small_focus: tuple[str, ...] = ()  # TrainConfig.decoder_focus: the shapes `small` keeps
 
     @functools.cached_property
     def shapes(self) -> list[PromptSpec]:
@@ -90,6 +91,16 @@ class Pools:
         """
         ones = [s for s in self.t2i if s.kind == "single" and s.objs[0].size != "small"]
         return [s for s in ones if s.objs[0].shape in self.focus] if self.focus else ones
+
+    @functools.cached_property
+    def small(self) -> list[PromptSpec]:
+        """The t2i captions with an object said to be small, of a `small_focus` shape if any
+        are named: the `small` batches of `--tune-decoder` (TrainConfig.decoder_focus)."""
+        return [
+            s
+            for s in self.t2i
+            if any(o.size == "small" and o.shape in (self.small_focus or SHAPES) for o in s.objs)
+        ]
 
     @functools.cached_property
     def composed(self) -> list[PromptSpec]:
@@ -165,7 +176,13 @@ class Batch:
 
 def sample_batch(pools: Pools, kind: str, size: int, rnd: random.Random) -> Batch:
     """kind: stream.KINDS. A batch's samples share their input count."""
-    prompts = {"t2i": pools.t2i, "shape": pools.shapes, "compose": pools.composed}.get(kind)
+    named = {
+        "t2i": pools.t2i,
+        "shape": pools.shapes,
+        "compose": pools.composed,
+        "small": pools.small,
+    }
+    prompts = named.get(kind)
     if prompts is not None:
         specs = [rnd.choice(prompts) for _ in range(size)]
         return Batch([realize(s, rnd) for s in specs], [], [s.text for s in specs])

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from dreamserve.engine.builtin.checkpoint import State
 from dreamserve.engine.builtin.data import Pools, object_masks, render_batch, sample_batch
+from dreamserve.engine.builtin.train_config import TrainConfig
 from dreamserve.engine.builtin.upscaler import image_gradients
 
 
@@ -59,6 +60,14 @@ def ae_step(state: State, rnd: random.Random, pools: Pools, lr: float) -> float:
     return parts["mse"]
 
 
+def decoder_kinds(cfg: TrainConfig, rnd: random.Random) -> tuple[str, ...]:
+    """The batch kinds one decoder step draws from: with `decoder_focus`, half the time only
+    `small` (data.Pools.small: small objects of the shapes its round trip loses)."""
+    if cfg.decoder_focus and rnd.random() < 0.5:
+        return ("small",)
+    return ("t2i", "edit", "shape")
+
+
 def decoder_step(state: State, rnd: random.Random, pools: Pools, lr: float) -> float:
     """One step of `--tune-decoder`: the decoder alone, the encoder frozen.
 
@@ -70,7 +79,7 @@ def decoder_step(state: State, rnd: random.Random, pools: Pools, lr: float) -> f
     upscaler's does: thin rays, points and corners are a sliver of the pixels and all of
     what tells a sun from a circle.
     """
-    x, y, objects = ae_crops(state, rnd, pools, ("t2i", "edit", "shape"))
+    x, y, objects = ae_crops(state, rnd, pools, decoder_kinds(state.cfg, rnd))
     with torch.no_grad():
         z = state.ae.encoder(x)
     out = state.ae.decoder(z)

@@ -278,7 +278,7 @@ def run(
     torch.set_num_threads(cfg.threads)
     clock = Clock(state, max_minutes)
     pools = build_pools(cfg.seed, cfg.pool_t2i, cfg.pool_edit, cfg.pool_ref, out / "cache", log)
-    pools = replace(pools, focus=cfg.shape_focus)
+    pools = replace(pools, focus=cfg.shape_focus, small_focus=cfg.decoder_focus)
     log(f"training on {cfg.device}, DiT matmuls in {'bf16' if autocast_bf16(cfg) else 'fp32'}")
     if not state.ae_done:
         train_ae(state, pools, clock, random.Random(cfg.seed + state.ae_step), log)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dreamserve.engine.builtin.data import Pools, build_pools
+from dreamserve.engine.builtin.data import Pools, build_pools, sample_batch
 from dreamserve.engine.builtin.stream import KINDS, batches, draw
 
 
@@ -57,6 +57,16 @@ def test_a_shape_focus_keeps_only_its_shapes_in_shape_batches(pools: Pools) -> N
     b = draw(focused, (0, 0, 0, 1, 0), (2, 2, 2, 8, 2), random.Random(3))
     specs = {s.text: s for s in pools.t2i}
     assert all(specs[t].objs[0].shape in ("circle", "flower") for t in b.texts)
+
+
+def test_the_small_pool_holds_captions_with_a_small_object_of_a_focus_shape(pools: Pools) -> None:
+    focused = replace(pools, small_focus=("sun", "flower"))
+    assert focused.small and set(focused.small) <= set(pools.small) < set(pools.t2i)
+    for spec in focused.small:
+        assert any(o.size == "small" and o.shape in ("sun", "flower") for o in spec.objs)
+    b = sample_batch(focused, "small", 4, random.Random(2))
+    specs = {s.text: s for s in focused.small}
+    assert len(b.target) == 4 and all(t in specs for t in b.texts)
 
 
 def test_compose_batches_hold_only_relations_and_counts(pools: Pools) -> None:

@@ -1,5 +1,6 @@
 import copy
 import json
+import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from typer.testing import CliRunner
 
 from dreamserve.cli import app
 from dreamserve.engine.builtin import checkpoint, train, weights
+from dreamserve.engine.builtin.image_steps import decoder_kinds
 from dreamserve.engine.builtin.train_config import CONFIGS
 
 
@@ -259,6 +261,8 @@ def test_an_edge_weight_weights_the_outline_above_the_inside() -> None:
 def test_a_shape_focus_names_only_shapes() -> None:
     with pytest.raises(ValueError, match="'hexagonn'"):
         replace(CONFIGS["default"], shape_focus=("circle", "hexagonn"))
+    with pytest.raises(ValueError, match="decoder_focus: \\['suns'\\]"):
+        replace(CONFIGS["smallround"], decoder_focus=("suns",))
 
 
 def test_a_config_that_trains_only_parts_the_dit_lacks_is_refused(
@@ -267,3 +271,12 @@ def test_a_config_that_trains_only_parts_the_dit_lacks_is_refused(
     monkeypatch.setitem(train.CONFIGS, "odd", replace(CONFIGS["tiny"], train_only=("nothing.",)))
     assert train.main(out=tmp_path, config="odd") == 2
     assert "('nothing.',), which this DiT does not have" in capsys.readouterr().out
+
+
+def test_a_decoder_focus_gives_the_decoder_small_batches_half_the_time() -> None:
+    rnd = random.Random(0)
+    focused = [decoder_kinds(CONFIGS["smallround"], rnd) for _ in range(400)]
+    assert 150 < focused.count(("small",)) < 250
+    assert all(k == ("t2i", "edit", "shape") for k in focused if k != ("small",))
+    plain = {decoder_kinds(CONFIGS["default"], rnd) for _ in range(50)}
+    assert plain == {("t2i", "edit", "shape")}
