@@ -84,11 +84,11 @@ def _dit_optimizer(dit: DiT, cfg: TrainConfig) -> torch.optim.Optimizer:
     model that has none of them yet trains whole until `grow` gives them (and a new optimiser).
     """
     named = list(dit.named_parameters())
-    only = [(n, p) for n, p in named if n.startswith(cfg.train_only)]
+    only = set(cfg.under_train_only(n for n, _ in named))
     if only:
         for n, p in named:
-            p.requires_grad_(n.startswith(cfg.train_only))
-        named = only
+            p.requires_grad_(n in only)
+        named = [(n, p) for n, p in named if n in only]
     gains = [p for n, p in named if n.endswith(".rope_gain")]
     rest = [p for n, p in named if not n.endswith(".rope_gain")]
     groups: list[dict[str, Any]] = [{"params": rest}]

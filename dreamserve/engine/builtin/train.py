@@ -343,7 +343,7 @@ def main(
         state = new_state(want)
     state = new_dit(state, want) if fresh_dit else grow(state, want, rope_gain)
     names = [n for n, _ in state.dit.named_parameters()]
-    if want.train_only and not any(n.startswith(want.train_only) for n in names):
+    if want.train_only and not want.under_train_only(names):
         print(f"config {config!r} trains only {want.train_only}, which this DiT does not have")
         return 2
     if decoder_blocks is not None:

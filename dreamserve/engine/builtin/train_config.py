@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -89,6 +90,10 @@ class TrainConfig:
             unknown = [s for s in shapes if s not in SHAPES]
             if unknown:
                 raise ValueError(f"{name}: {unknown} are not shapes; choose from {SHAPES}")
+
+    def under_train_only(self, names: Iterable[str]) -> list[str]:
+        """The DiT parameter names `train_only` names (none when it is empty)."""
+        return [n for n in names if n.startswith(self.train_only)]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
