@@ -59,7 +59,7 @@ class TrainConfig:
     # shapes (data.Pools.small) when any are named. Session 31: of true scenes encoded and
     # decoded, small suns came back as suns 2 times in 20, small hexagons 10 and small flowers
     # 13, every other shape 17-20 (the rays and notches come back faded, and the checker sees
-    # a disc), and they are what the reference and edit ceilings lose.
+    # a disc); they are among what the reference and edit ceilings lose.
     decoder_focus: tuple[str, ...] = ()
     # Train only the DiT's parameters under these names ("refine.": the refiner), the rest
     # frozen: a grown part learns on top of the trained model, which it cannot disturb.
@@ -81,8 +81,8 @@ class TrainConfig:
     workers: int = 0  # processes rendering batches ahead; 0 renders in the training loop
 
     def __post_init__(self) -> None:
-        # A misspelt shape would empty the shape pool, and the run would fail at its first
-        # shape batch, minutes in, rather than here.
+        # A misspelt shape would empty the pool it filters (data.Pools.shapes / .small), and
+        # the run would fail at its first batch from it, minutes in, rather than here.
         for name, shapes in (
             ("shape_focus", self.shape_focus),
             ("decoder_focus", self.decoder_focus),
