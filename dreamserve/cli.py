@@ -209,12 +209,25 @@ def evaluate(
             " served); --no-plan scores the transformer alone."
         ),
     ] = True,
+    keep: Annotated[
+        bool,
+        typer.Option(
+            help="Edits keep image 1's pixels where the transformer kept its latents (the"
+            " default, as served); --no-keep scores the decoded latents alone."
+        ),
+    ] = True,
 ) -> None:
     """Score the model on held-out prompts with the automatic checker."""
     from dreamserve.engine.builtin.evaluate import main as eval_main
 
     code = eval_main(
-        checkpoint=checkpoint, samples=samples, out=out, guidance=guidance, draw=draw, plan=plan
+        checkpoint=checkpoint,
+        samples=samples,
+        out=out,
+        guidance=guidance,
+        draw=draw,
+        plan=plan,
+        keep=keep,
     )
     raise typer.Exit(code)
 

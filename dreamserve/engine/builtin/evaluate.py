@@ -181,12 +181,14 @@ def evaluate(
     guidance: float | None = None,
     draw: int = 0,
     plan: bool = True,
+    keep: bool = True,
 ) -> Tally:
     """`draw` 0: the prompts, scenes and noise of every column in MODEL_CARD.md. Another
     number draws a fresh held-out set, so that a checkpoint picked for its draw-0 scores
     (where the scatter between near-identical models is ~5 points a row) can be confirmed on
     prompts and seeds it was not picked on. `plan` False scores the transformer without
-    layout plans (layout.py), as a prompt the planner cannot read is drawn."""
+    layout plans (layout.py), as a prompt the planner cannot read is drawn; `keep` False
+    scores edits and references without image 1's kept pixels (keep.py), as decoded."""
     rnd = random.Random(EVAL_SEED + draw)
     ceiling_rnd = random.Random(EVAL_SEED + draw + 1)  # its own draws: the rest stay as they were
     seed0 = 100_000 * draw
@@ -214,12 +216,11 @@ def evaluate(
         bar.update()
         inputs, tgt = realize_task(task, rnd)
         imgs = [render(s, SIZE, SIZE, 2) for s in inputs]
-        out = sampler(
-            SampleSpec(task.text, seed0 + 5000 + i, SIZE, SIZE, guidance, steps), imgs, lambda: None
-        )
+        ask = SampleSpec(task.text, seed0 + 5000 + i, SIZE, SIZE, guidance, steps, keep=keep)
+        out = sampler(ask, imgs, lambda: None)
         check_task(out, task, inputs, tgt, t)
         inner = Tally()  # its PSNR is not the model's: only the ceiling rows are kept
-        check_task(round_trip(sampler, tgt), task, inputs, tgt, inner)
+        check_task(round_trip(sampler, tgt, imgs[0] if keep else None), task, inputs, tgt, inner)
         add_ceiling(inner, t)
         if i % per_op == 0:
             t.samples.append((task.text, strip([*imgs, out])))
@@ -237,12 +238,15 @@ def check_ceiling(sampler: Sampler, spec: PromptSpec, rnd: random.Random, t: Tal
     add_ceiling(inner, t)
 
 
-def round_trip(sampler: Sampler, scene: Scene) -> Image.Image:
+def round_trip(sampler: Sampler, scene: Scene, image1: Image.Image | None = None) -> Image.Image:
     """A true scene as the sampler would draw it from perfect latents: render, encode,
-    decode, upscale."""
+    decode, upscale; with an edit's image 1, its pixels kept where the scene's latents are
+    image 1's (keep.py), as the sampler keeps them."""
     gw, gh = grid_for(SIZE, SIZE)
+    inputs = [] if image1 is None else [image1]
+    refs = sampler.encode_images(inputs, gw, gh) if inputs else []
     z = sampler.encode_images([render(scene, SIZE, SIZE, 2)], gw, gh)[0]
-    return sampler.render(z, SIZE, SIZE)
+    return sampler.render(z, SIZE, SIZE, sampler.kept_pixels(z, refs, inputs, True))
 
 
 def add_ceiling(inner: Tally, t: Tally) -> None:
@@ -322,6 +326,7 @@ def main(
     guidance: float | None = None,
     draw: int = 0,
     plan: bool = True,
+    keep: bool = True,
 ) -> int:
     torch.manual_seed(0)
     src = checkpoint if checkpoint is not None else weights.PACKAGE_WEIGHTS
@@ -334,7 +339,7 @@ def main(
     seen = {s.text for s in t2i} | {s.text for s in edit}
     start = time.monotonic()
     sampler = Sampler(models.ae, models.dit, models.sr, TextEncoder())
-    tally = evaluate(sampler, samples, seen, guidance=guidance, draw=draw, plan=plan)
+    tally = evaluate(sampler, samples, seen, guidance=guidance, draw=draw, plan=plan, keep=keep)
     rows = table(tally)
     counts = {k: len(v) for k, v in tally.ok.items()} | {"edit_psnr_db": len(tally.psnrs)}
     out.mkdir(parents=True, exist_ok=True)
@@ -345,6 +350,7 @@ def main(
         "guidance": guidance_or_default(guidance),
         "draw": draw,
         "plan": plan and models.dit.cfg.layout,
+        "keep": keep,
         "seconds": round(time.monotonic() - start, 1),
         "results": rows,
         "counts": counts,

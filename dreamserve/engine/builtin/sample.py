@@ -7,8 +7,10 @@
 4. draw the starting noise from the seed (a private generator: same seed, same pixels)
 5. integrate the flow from t=1 (noise) to t=0 with Euler steps, classifier-free guided, each
    region's tokens predicted from its own prompt
-6. decode the latents at 2x with the autoencoder
-7. draw exactly the asked size with the trained upscaler (area-averaged when smaller)
+6. decode the latents at 2x with the autoencoder; an edit takes image 1's own pixels on
+   the tokens whose latents the transformer kept (keep.py)
+7. draw exactly the asked size with the trained upscaler (area-averaged when smaller), and
+   image 1's pixels again on the kept tokens where image 1 is as large as the output
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from PIL import Image
 from dreamserve.engine.builtin.autoencoder import AutoEncoder
 from dreamserve.engine.builtin.data import PX, grid_for, to_tensor
 from dreamserve.engine.builtin.dit import DiT, from_fine, null_condition, shift_time, to_fine
+from dreamserve.engine.builtin.keep import Kept, kept_tokens, paste
 from dreamserve.engine.builtin.layout import (
     cover,
     layout_map,
@@ -57,6 +60,7 @@ class SampleSpec:
     guidance: float | None = None  # None: DEFAULT_GUIDANCE (a request that leaves it blank)
     steps: int = 10
     plan: bool = True  # a layout plan where the model reads them and the prompt allows one
+    keep: bool = True  # image 1's pixels where the transformer kept its latents (keep.py)
 
 
 @dataclass(frozen=True)
@@ -176,10 +180,14 @@ class Sampler:
         return plan(spec.prompt, spec.seed)
 
     @torch.inference_mode()
-    def render(self, z: torch.Tensor, width: int, height: int) -> Image.Image:
+    def render(
+        self, z: torch.Tensor, width: int, height: int, kept: Kept | None = None
+    ) -> Image.Image:
         # Step 6: decode at 2x; step 7: the trained upscaler, then exactly the asked size.
-        img = (self.ae.decode(z) + 1.0) / 2.0  # (1, 3, 32gh, 32gw) in ~[0, 1]
-        img = upscale(self.sr, img.clamp(0, 1), height, width)
+        dec = (self.ae.decode(z) + 1.0).div(2.0).clamp(0, 1)  # (1, 3, 32gh, 32gw)
+        img = upscale(self.sr, dec if kept is None else paste(dec, kept), height, width)
+        if kept is not None and img.shape != dec.shape:  # exact input pixels at the output's
+            img = paste(img, kept)  # size too, where image 1 has that many
         arr = (img[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
         return Image.fromarray(arr)
 
@@ -188,7 +196,16 @@ class Sampler:
     ) -> Image.Image:
         gw, gh = grid_for(spec.width, spec.height)
         refs = self.encode_images(images, gw, gh)
-        return self.render(self.latents(spec, refs, on_step), spec.width, spec.height)
+        z = self.latents(spec, refs, on_step)
+        return self.render(z, spec.width, spec.height, self.kept_pixels(z, refs, images, spec.keep))
+
+    def kept_pixels(
+        self, z: torch.Tensor, refs: list[torch.Tensor], images: Sequence[Image.Image], on: bool
+    ) -> Kept | None:
+        """Image 1 and the tokens whose latents z kept from it; None without inputs."""
+        if not (on and refs):
+            return None
+        return Kept(images[0], kept_tokens(z, refs[0], self.dit_cfg))
 
 
 def seeded_noise(seed: int, ch: int, gh: int, gw: int) -> torch.Tensor:

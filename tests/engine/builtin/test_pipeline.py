@@ -149,3 +149,28 @@ def test_sampling_from_a_noised_image_keeps_it_from_low_noise() -> None:
     near = sampler.latents(spec, [], lambda: None, start=(z0, 0.3))
     free = sampler.latents(spec, [], lambda: None)
     assert (near - z0).pow(2).mean() < 0.25 * (free - z0).pow(2).mean()
+
+
+def test_an_edit_keeps_image_1s_own_pixels_where_the_transformer_kept_its_latents() -> None:
+    from dataclasses import replace
+
+    from dreamserve.engine.builtin.sample import Sampler, SampleSpec
+    from dreamserve.engine.builtin.textenc import TextEncoder
+
+    m = weights.load()
+    sampler = Sampler(m.ae, m.dit, m.sr, TextEncoder())
+    objs = (Obj("square", "blue", 0.3, 0.3, 0.24), Obj("star", "red", 0.7, 0.7, 0.24))
+    spec = SampleSpec("make the blue square green", 5, 256, 256)
+    for size in (256, 1024):  # at the decoder's size, and at the output's past the upscaler
+        src = render(Scene("sunset", objs), size, size, 2)  # no clamped white to match
+        ask = replace(spec, width=size, height=size)
+        kept = np.asarray(sampler(ask, [src], lambda: None))
+        plain = np.asarray(sampler(replace(ask, keep=False), [src], lambda: None))
+        same = (kept == np.asarray(src)).all(-1)
+        assert same.mean() > 0.5  # most of the picture is image 1's own pixels
+        assert (plain == np.asarray(src)).all(-1).mean() < 0.5 * same.mean()
+        square = same[int(0.2 * size) : int(0.4 * size), int(0.2 * size) : int(0.4 * size)]
+        assert square.mean() < 0.1  # the square it recoloured is the model's
+    small = render(Scene("sunset", objs), 64, 64, 2)  # stretched, it would blur the output
+    ask = replace(spec, keep=False)
+    assert sampler(spec, [small], lambda: None) == sampler(ask, [small], lambda: None)
