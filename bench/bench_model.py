@@ -23,6 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.report import write_section
 from dreamserve.engine.builtin.pipeline import BuiltinGenerator
+from dreamserve.engine.builtin.render import Obj, Scene
+from dreamserve.engine.builtin.render import render as draw
 from dreamserve.engine.builtin.sample import SampleSpec
 from dreamserve.request import GenerationRequest
 from dreamserve.runner import render
@@ -30,10 +32,14 @@ from dreamserve.runner import render
 ROOT = Path(__file__).resolve().parents[1]
 # One phrase: one batch of 2 per step (prompt, no prompt). Two phrases: the sampler adds a
 # row per phrase (sample.Conditions.regions), the slowest text-to-image request it serves.
+# Edit: one input image of the output's size, whose latents join the sequence and whose
+# pixels are pasted back where the transformer kept them (keep.py) at the output's size.
 PROMPTS = {
     "one phrase": "a large red star at the top left on a grass field",
     "two phrases": "a red star above a blue circle on a grass field",
+    "edit": "make the red star blue",
 }
+EDITED = Scene("grass field", (Obj("star", "red", 0.25, 0.25, 0.34),))
 TARGETS = {"1K": 1.5, "2K": 3.0, "4K": 8.0}
 
 
@@ -77,11 +83,14 @@ def dit_flops(gen: BuiltinGenerator, prompt: str) -> float:
     """FLOPs of one guided transformer call on the 1:1 grid, with the rows the sampler runs
     for `prompt` (the prompt, one per region, no prompt) and their plans."""
     gh = gw = 8
-    c = gen.sampler.conditions(SampleSpec(prompt, 1, 1024, 1024), [], gw, gh)
-    rows, dit = c.text.shape[0], gen.sampler.dit
+    dit = gen.sampler.dit
+    refs = [torch.randn(1, dit.cfg.latent_ch, gh, gw)] if prompt == PROMPTS["edit"] else []
+    c = gen.sampler.conditions(SampleSpec(prompt, 1, 1024, 1024), refs, gw, gh)
+    rows = c.text.shape[0]
     x = torch.randn(rows, dit.cfg.latent_ch, gh, gw)
+    refs = [r.expand(rows, -1, -1, -1) for r in refs]
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        dit(x, torch.rand(rows), c.text, c.mask, [], c.layout)
+        dit(x, torch.rand(rows), c.text, c.mask, refs, c.layout)
     return float(counter.get_total_flops())
 
 
@@ -90,6 +99,8 @@ def run_size(
 ) -> dict[str, float]:
     inputs = {"prompt": prompt, "size": size, "aspect_ratio": "1:1", "seed": 1}
     req = GenerationRequest.parse(inputs | {"output_format": fmt})
+    w, h = req.pixel_size(None)
+    images = [draw(EDITED, w, h)] if prompt == PROMPTS["edit"] else []
     best: dict[str, float] = {}
     for _ in range(repeats):
         timers = Timers()
@@ -98,7 +109,7 @@ def run_size(
         timers.wrap(s, "dit", "transformer")
         timers.wrap(s, "render", "decoder + upscale")
         t = time.perf_counter()
-        out = render(req, [], gen, lambda p: None, lambda: False)
+        out = render(req, images, gen, lambda p: None, lambda: False)
         total = time.perf_counter() - t
         timers.restore()
         if not best or total < best["total"]:
@@ -164,12 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     body = (
         f"Request to encoded {args.format.upper()} file (dreamserve.runner.render, "
-        "text-to-image, 1:1), "
+        "1:1), "
         f"best of {args.repeats}, torch {torch.__version__} on {args.threads} threads of "
         f"{os.cpu_count()} CPUs; {gen.steps} sampling steps with classifier-free guidance. "
         f'"one phrase" is "{one}" (batch 2 per step: prompt, no prompt); "two phrases" is '
         f'"{PROMPTS["two phrases"]}" (batch 4: each phrase of its layout plan is also drawn '
-        "from its own prompt). "
+        "from its own prompt); "
+        f'"edit" is "{PROMPTS["edit"]}" with one input image of the output\'s size (its '
+        "latents join the sequence; its pixels are pasted where the transformer kept them, "
+        "counted in decoder + upscale). "
         f"Matmul peak measured in the same run: {peak:.1f} GFLOP/s (fp32 2048^3). "
         "Transformer work per image: "
         + ", ".join(f"{label} {f / 1e9:.2f} GFLOP" for label, f in flops.items())

@@ -56,7 +56,15 @@ def paste(img: torch.Tensor, kept: Kept) -> torch.Tensor:
     # Box-averaged down to img's grid, stretched as the copy path stretched it to the tokens.
     src = kept.image.convert("RGB").resize((w, h), Image.Resampling.BOX)
     inp = torch.from_numpy(np.asarray(src, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-    m = F.interpolate(kept.mask, size=(h, w), mode="nearest")
-    r = max(1, h // 128)  # seams softened over ~2 px at 256, scaled with the output
-    m = F.avg_pool2d(m, 2 * r + 1, stride=1, padding=r, count_include_pad=False)
+    m = soft_mask(kept.mask)
+    if m.shape[-2:] != (h, w):
+        m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
     return m * inp + (1.0 - m) * img
+
+
+def soft_mask(mask: torch.Tensor) -> torch.Tensor:
+    """The token mask at 16 pixels per fine token (the decoder's output size) with its
+    seams ramped over 5 pixels; stretched to another size, the ramp scales with it (a
+    pooling at 4K would cost seconds)."""
+    m = F.interpolate(mask, scale_factor=16, mode="nearest")
+    return F.avg_pool2d(m, 5, stride=1, padding=2, count_include_pad=False)
