@@ -212,8 +212,8 @@ def evaluate(
     keep: Annotated[
         bool,
         typer.Option(
-            help="Edits keep image 1's pixels where the transformer kept its latents (the"
-            " default, as served); --no-keep scores the decoded latents alone."
+            help="Edits keep the input images' pixels where the transformer kept their latents"
+            " (the default, as served); --no-keep scores the decoded latents alone."
         ),
     ] = True,
 ) -> None:

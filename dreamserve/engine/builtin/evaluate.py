@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -188,7 +188,7 @@ def evaluate(
     (where the scatter between near-identical models is ~5 points a row) can be confirmed on
     prompts and seeds it was not picked on. `plan` False scores the transformer without
     layout plans (layout.py), as a prompt the planner cannot read is drawn; `keep` False
-    scores edits and references without image 1's kept pixels (keep.py), as decoded."""
+    scores edits and references without the inputs' kept pixels (keep.py), as decoded."""
     rnd = random.Random(EVAL_SEED + draw)
     ceiling_rnd = random.Random(EVAL_SEED + draw + 1)  # its own draws: the rest stay as they were
     seed0 = 100_000 * draw
@@ -220,7 +220,7 @@ def evaluate(
         out = sampler(ask, imgs, lambda: None)
         check_task(out, task, inputs, tgt, t)
         inner = Tally()  # its PSNR is not the model's: only the ceiling rows are kept
-        check_task(round_trip(sampler, tgt, imgs[0] if keep else None), task, inputs, tgt, inner)
+        check_task(round_trip(sampler, tgt, imgs if keep else []), task, inputs, tgt, inner)
         add_ceiling(inner, t)
         if i % per_op == 0:
             t.samples.append((task.text, strip([*imgs, out])))
@@ -238,12 +238,11 @@ def check_ceiling(sampler: Sampler, spec: PromptSpec, rnd: random.Random, t: Tal
     add_ceiling(inner, t)
 
 
-def round_trip(sampler: Sampler, scene: Scene, image1: Image.Image | None = None) -> Image.Image:
+def round_trip(sampler: Sampler, scene: Scene, inputs: Sequence[Image.Image] = ()) -> Image.Image:
     """A true scene as the sampler would draw it from perfect latents: render, encode,
-    decode, upscale; with an edit's image 1, its pixels kept where the scene's latents are
-    image 1's (keep.py), as the sampler keeps them."""
+    decode, upscale; with a task's input images, their pixels kept where the scene's latents
+    are theirs (keep.py), as the sampler keeps them."""
     gw, gh = grid_for(SIZE, SIZE)
-    inputs = [] if image1 is None else [image1]
     refs = sampler.encode_images(inputs, gw, gh) if inputs else []
     z = sampler.encode_images([render(scene, SIZE, SIZE, 2)], gw, gh)[0]
     return sampler.render(z, SIZE, SIZE, sampler.kept_pixels(z, refs, inputs, True))

@@ -7,10 +7,10 @@
 4. draw the starting noise from the seed (a private generator: same seed, same pixels)
 5. integrate the flow from t=1 (noise) to t=0 with Euler steps, classifier-free guided, each
    region's tokens predicted from its own prompt
-6. decode the latents at 2x with the autoencoder; an edit takes image 1's own pixels on
-   the tokens whose latents the transformer kept (keep.py)
+6. decode the latents at 2x with the autoencoder; an edit takes the input images' own
+   pixels on the tokens whose latents the transformer kept from them (keep.py)
 7. draw exactly the asked size with the trained upscaler (area-averaged when smaller), and
-   image 1's pixels again on the kept tokens where image 1 is as large as the output
+   the inputs' pixels again on the kept tokens where an input is as large as the output
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class SampleSpec:
     guidance: float | None = None  # None: DEFAULT_GUIDANCE (a request that leaves it blank)
     steps: int = 10
     plan: bool = True  # a layout plan where the model reads them and the prompt allows one
-    keep: bool = True  # image 1's pixels where the transformer kept its latents (keep.py)
+    keep: bool = True  # inputs' pixels where the transformer kept their latents (keep.py)
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ class Sampler:
         dec = (self.ae.decode(z) + 1.0).div(2.0).clamp(0, 1)  # (1, 3, 32gh, 32gw)
         img = upscale(self.sr, dec if kept is None else paste(dec, kept), height, width)
         if kept is not None and img.shape != dec.shape:  # exact input pixels at the output's
-            img = paste(img, kept)  # size too, where image 1 has that many
+            img = paste(img, kept)  # size too, where an input has that many
         arr = (img[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
         return Image.fromarray(arr)
 
@@ -202,10 +202,10 @@ class Sampler:
     def kept_pixels(
         self, z: torch.Tensor, refs: list[torch.Tensor], images: Sequence[Image.Image], on: bool
     ) -> Kept | None:
-        """Image 1 and the tokens whose latents z kept from it; None without inputs."""
+        """The inputs and the tokens whose latents z kept from each; None without inputs."""
         if not (on and refs):
             return None
-        return Kept(images[0], kept_tokens(z, refs[0], self.dit_cfg))
+        return Kept(tuple(images[: len(refs)]), kept_tokens(z, refs, self.dit_cfg))
 
 
 def seeded_noise(seed: int, ch: int, gh: int, gw: int) -> torch.Tensor:
