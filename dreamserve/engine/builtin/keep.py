@@ -5,12 +5,17 @@ and where an instruction leaves a place alone the transformer returns one of the
 unchanged (image 1's in an edit; image 2's background where an object is put onto it; each
 image's objects in place when they are combined). Decoding them again loses what the
 autoencoder's round trip loses (session 31: small suns, hexagons and flowers come back as
-discs; an untouched region came back at ~30 dB). Where the transformer kept a fine token's
-latents from an input, the output takes that input's pixels there instead, as image editors
+discs; an untouched region came back at ~30 dB). Where the transformer kept a latent
+pixel from an input, the output takes that input's pixels there instead, as image editors
 composite an edit onto its source: the untouched region is the input, not a re-drawing of
-it. Which tokens count as kept, and from which input, is read from the transformer's output
-alone (its distance from each input's latents), never from the instruction: a token the
-model changed stays the model's, right or wrong.
+it. Which latent pixels count as kept, and from which input, is read from the
+transformer's output alone (its distance from each input's latents), never from the
+instruction: one the model changed stays the model's, right or wrong.
+
+Latent pixels (the autoencoder's 8 channels per 4x4 pixels of the 128-pixel frame), not the
+transformer's fine tokens (2x2 of them): a token at the edge of a recoloured star holds
+too little of the star to pass the share, and pasting it put the old colour's tips back on
+the new star (session 32).
 """
 
 from __future__ import annotations
@@ -23,42 +28,45 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dreamserve.engine.builtin.dit import DiTConfig, to_fine
+from dreamserve.engine.builtin.dit import DiTConfig
 
-# A fine token counts as kept from an input when its mean squared distance from that input's
-# latents is under this share of the input's mean squared latent. Measured with image 1 only
-# on the eval's draw-0 edits (198 held-out tasks, shipped weights; MODEL_CARD.md "Session
-# 32"): 0.05, 0.1 and 0.2 all took edit success from 114 to 132, PSNR of the untouched region
-# from 30.1 dB to 36.4 / 37.5 / 38.1. The middle one: a larger share pastes more of what the
-# model meant to change only slightly.
+# A latent pixel counts as kept from an input when its mean squared distance from that
+# input's is under this share of the input's mean squared latent. Measured per fine token
+# with image 1 only on the eval's draw-0 edits (198 held-out tasks, shipped weights;
+# MODEL_CARD.md "Session 32"): 0.05, 0.1 and 0.2 all took edit success from 114 to 132, PSNR
+# of the untouched region from 30.1 dB to 36.4 / 37.5 / 38.1. The middle one: a larger
+# share pastes more of what the model meant to change only slightly.
 KEEP_SHARE = 0.1
 
 
 @dataclass(frozen=True)
 class Kept:
     images: tuple[Image.Image, ...]  # the inputs as given
-    which: torch.Tensor  # (1, 1, fine gh, fine gw) long: the input kept at each token, or -1
+    which: torch.Tensor  # (1, 1, 4gh, 4gw) long: the input kept at each latent pixel, or -1
 
 
-def kept_tokens(
+def kept_latents(
     z: torch.Tensor, refs: Sequence[torch.Tensor], cfg: DiTConfig, share: float = KEEP_SHARE
 ) -> torch.Tensor:
-    """(1, 1, fine gh, fine gw) long: on each fine token, the index of the input whose
-    latents (refs, on z's token grid) z holds within `share` - the nearest if several - or
-    -1 where it holds none."""
+    """(1, 1, 4gh, 4gw) long: on each latent pixel, the index of the input whose latents
+    (refs, on z's (1, 128, gh, gw) cells) z holds within `share` - the nearest if several -
+    or -1 where it holds none."""
+
+    def pixels(x: torch.Tensor) -> torch.Tensor:  # cells -> the autoencoder's latent pixels
+        return F.pixel_shuffle(x, cfg.patch)
+
     dists = torch.stack(
         [
-            to_fine(z - r, cfg).pow(2).mean(1, keepdim=True)
-            / to_fine(r, cfg).pow(2).mean().clamp_min(1e-8)
+            pixels(z - r).pow(2).mean(1, keepdim=True) / pixels(r).pow(2).mean().clamp_min(1e-8)
             for r in refs
         ]
-    )  # (inputs, 1, 1, fine gh, fine gw)
+    )  # (inputs, 1, 1, 4gh, 4gw)
     best, index = dists.min(0)
     return torch.where(best < share, index, torch.full_like(index, -1))
 
 
 def paste(img: torch.Tensor, kept: Kept) -> torch.Tensor:
-    """img (1, 3, H, W) in [0, 1] with each input's pixels on the tokens kept from it, the
+    """img (1, 3, H, W) in [0, 1] with each input's pixels where its latents were kept, the
     seams softened over a few pixels. An input with fewer pixels than img is left out:
     stretched up, it would be blurrier than what the decoder and upscaler draw."""
     h, w = img.shape[-2:]
@@ -77,8 +85,8 @@ def paste(img: torch.Tensor, kept: Kept) -> torch.Tensor:
 
 
 def soft_mask(mask: torch.Tensor) -> torch.Tensor:
-    """The token mask at 16 pixels per fine token (the decoder's output size) with its
-    seams ramped over 5 pixels; stretched to another size, the ramp scales with it (a
+    """The latent-pixel mask at 8 pixels per latent pixel (the decoder's output size) with
+    its seams ramped over 5 pixels; stretched to another size, the ramp scales with it (a
     pooling at 4K would cost seconds)."""
-    m = F.interpolate(mask, scale_factor=16, mode="nearest")
+    m = F.interpolate(mask, scale_factor=8, mode="nearest")
     return F.avg_pool2d(m, 5, stride=1, padding=2, count_include_pad=False)

@@ -8,9 +8,9 @@
 5. integrate the flow from t=1 (noise) to t=0 with Euler steps, classifier-free guided, each
    region's tokens predicted from its own prompt
 6. decode the latents at 2x with the autoencoder; an edit takes the input images' own
-   pixels on the tokens whose latents the transformer kept from them (keep.py)
+   pixels where the transformer kept their latents (keep.py)
 7. draw exactly the asked size with the trained upscaler (area-averaged when smaller), and
-   the inputs' pixels again on the kept tokens where an input is as large as the output
+   the inputs' kept pixels again where an input is as large as the output
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from PIL import Image
 from dreamserve.engine.builtin.autoencoder import AutoEncoder
 from dreamserve.engine.builtin.data import PX, grid_for, to_tensor
 from dreamserve.engine.builtin.dit import DiT, from_fine, null_condition, shift_time, to_fine
-from dreamserve.engine.builtin.keep import Kept, kept_tokens, paste
+from dreamserve.engine.builtin.keep import Kept, kept_latents, paste
 from dreamserve.engine.builtin.layout import (
     cover,
     layout_map,
@@ -202,10 +202,10 @@ class Sampler:
     def kept_pixels(
         self, z: torch.Tensor, refs: list[torch.Tensor], images: Sequence[Image.Image], on: bool
     ) -> Kept | None:
-        """The inputs and the tokens whose latents z kept from each; None without inputs."""
+        """The inputs and the latent pixels z kept from each; None without inputs."""
         if not (on and refs):
             return None
-        return Kept(tuple(images[: len(refs)]), kept_tokens(z, refs, self.dit_cfg))
+        return Kept(tuple(images[: len(refs)]), kept_latents(z, refs, self.dit_cfg))
 
 
 def seeded_noise(seed: int, ch: int, gh: int, gw: int) -> torch.Tensor:

@@ -3,29 +3,30 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from dreamserve.engine.builtin.dit import DiTConfig, from_fine, to_fine
-from dreamserve.engine.builtin.keep import KEEP_SHARE, Kept, kept_tokens, paste
+from dreamserve.engine.builtin.dit import DiTConfig
+from dreamserve.engine.builtin.keep import KEEP_SHARE, Kept, kept_latents, paste
 
-CFG = DiTConfig(split=2)  # 128-channel cells read as 2x2 fine tokens of 32 channels
+CFG = DiTConfig(split=2)  # 128-channel cells: 8 latent channels x 4x4 latent pixels
 
 
-def test_each_token_is_kept_from_the_input_it_matches_or_is_the_models() -> None:
+def test_each_latent_pixel_is_kept_from_the_input_it_matches_or_is_the_models() -> None:
     torch.manual_seed(0)
-    z1, z2 = torch.randn(2, 1, CFG.latent_ch, 4, 4)
-    fine, fine2 = to_fine(z1, CFG).clone(), to_fine(z2, CFG)
-    fine[:, :, 3, 5] += 2.0  # changed: far past the share
-    fine[:, :, 0, 0] += 0.5 * KEEP_SHARE**0.5  # nudged: a quarter of the share
-    fine[:, :, 6, 1] = fine2[:, :, 6, 1]  # image 2's, as a combine keeps its objects
-    which = kept_tokens(from_fine(fine, CFG), [z1, z2], CFG)
+    z1, z2 = torch.randn(2, 1, CFG.latent_ch, 2, 2)
+    px, px2 = F.pixel_shuffle(z1, 4).clone(), F.pixel_shuffle(z2, 4)  # (1, 8, 8, 8)
+    px[:, :, 3, 5] += 2.0  # changed: far past the share
+    px[:, :, 0, 0] += 0.5 * KEEP_SHARE**0.5  # nudged: a quarter of the share
+    px[:, :, 6, 1] = px2[:, :, 6, 1]  # image 2's, as a combine keeps its objects
+    which = kept_latents(F.pixel_unshuffle(px, 4), [z1, z2], CFG)
     assert which.shape == (1, 1, 8, 8)
     assert which[0, 0, 3, 5] == -1 and which[0, 0, 0, 0] == 0 and which[0, 0, 6, 1] == 1
     assert int((which == 0).sum()) == 62
 
 
 def _halves() -> torch.Tensor:
-    which = torch.full((1, 1, 8, 8), -1)
+    which = torch.full((1, 1, 8, 8), -1)  # 8 latent pixels a side: a 64-pixel decode
     which[..., :4] = 0  # the left half kept from image 1
     which[..., 6:] = 1  # the right quarter from image 2
     return which
