@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,17 @@ PROMPTS = {
 }
 EDITED = Scene("grass field", (Obj("star", "red", 0.25, 0.25, 0.34),))
 TARGETS = {"1K": 1.5, "2K": 3.0, "4K": 8.0}
+
+
+def cpu_name() -> str:
+    """The CPU's model name (machines differ between runs: say which one was timed)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def matmul_peak(n: int = 2048, reps: int = 8, dtype: torch.dtype = torch.float32) -> float:
@@ -177,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Request to encoded {args.format.upper()} file (dreamserve.runner.render, "
         "1:1), "
         f"best of {args.repeats}, torch {torch.__version__} on {args.threads} threads of "
-        f"{os.cpu_count()} CPUs; {gen.steps} sampling steps with classifier-free guidance. "
+        f"{os.cpu_count()} CPUs ({cpu_name()}); {gen.steps} sampling steps with "
+        "classifier-free guidance. "
         f'"one phrase" is "{one}" (batch 2 per step: prompt, no prompt); "two phrases" is '
         f'"{PROMPTS["two phrases"]}" (batch 4: each phrase of its layout plan is also drawn '
         "from its own prompt); "
