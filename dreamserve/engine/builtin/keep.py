@@ -33,10 +33,10 @@ from dreamserve.engine.builtin.dit import DiTConfig
 # A latent pixel counts as kept from an input when its mean squared distance from that
 # input's is under this share of the input's mean squared latent. Measured per fine token
 # with image 1 only on the eval's draw-0 edits (198 held-out tasks, shipped weights;
-# MODEL_CARD.md "Session 32"): 0.05, 0.1 and 0.2 all took edit success from 114 to 132, PSNR
-# of the untouched region from 30.1 dB to 36.4 / 37.5 / 38.1. The middle one: a larger
-# share pastes more of what the model meant to change only slightly. Per latent pixel at the
-# same share: edit 132 and 150 of 198 on draws 0 and 1 (fine tokens 133 and 143), 39 dB.
+# MODEL_CARD.md "Session 32"): 0.05, 0.1 and 0.2 all took edit success from 114 to 132, the
+# mean PSNR of the untouched region from 30.2 dB to 36.4 / 37.5 / 38.1. The middle one: a
+# larger share pastes more of what the model meant to change only slightly. Per latent pixel
+# at the same share: edit 132 and 150 of 198 on draws 0 and 1 (fine tokens 133 and 143).
 KEEP_SHARE = 0.1
 # Decoded pixels per latent pixel: the autoencoder's latent is 4x down, decoded at 2x.
 DECODED_PER_LATENT = 8
