@@ -245,7 +245,7 @@ def round_trip(sampler: Sampler, scene: Scene, inputs: Sequence[Image.Image] = (
     gw, gh = grid_for(SIZE, SIZE)
     refs = sampler.encode_images(inputs, gw, gh) if inputs else []
     z = sampler.encode_images([render(scene, SIZE, SIZE, 2)], gw, gh)[0]
-    return sampler.render(z, SIZE, SIZE, sampler.kept_pixels(z, refs, inputs, True))
+    return sampler.render(z, SIZE, SIZE, sampler.kept_pixels(z, refs, inputs))
 
 
 def add_ceiling(inner: Tally, t: Tally) -> None:

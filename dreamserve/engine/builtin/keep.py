@@ -23,11 +23,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dreamserve.engine.builtin.data import to_tensor
 from dreamserve.engine.builtin.dit import DiTConfig
 
 # A latent pixel counts as kept from an input when its mean squared distance from that
@@ -79,7 +79,7 @@ def paste(img: torch.Tensor, kept: Kept) -> torch.Tensor:
             continue
         # Box-averaged down to img's grid, stretched as the copy path stretched it.
         src = image.convert("RGB").resize((w, h), Image.Resampling.BOX)
-        inp = torch.from_numpy(np.asarray(src, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        inp = (to_tensor(src)[None] + 1.0) / 2.0  # (1, 3, h, w) in [0, 1]
         m = soft_mask(mask)
         if m.shape[-2:] != (h, w):
             m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)

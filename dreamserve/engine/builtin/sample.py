@@ -197,13 +197,14 @@ class Sampler:
         gw, gh = grid_for(spec.width, spec.height)
         refs = self.encode_images(images, gw, gh)
         z = self.latents(spec, refs, on_step)
-        return self.render(z, spec.width, spec.height, self.kept_pixels(z, refs, images, spec.keep))
+        kept = self.kept_pixels(z, refs, images) if spec.keep else None
+        return self.render(z, spec.width, spec.height, kept)
 
     def kept_pixels(
-        self, z: torch.Tensor, refs: list[torch.Tensor], images: Sequence[Image.Image], on: bool
+        self, z: torch.Tensor, refs: list[torch.Tensor], images: Sequence[Image.Image]
     ) -> Kept | None:
         """The inputs and the latent pixels z kept from each; None without inputs."""
-        if not (on and refs):
+        if not refs:
             return None
         return Kept(tuple(images[: len(refs)]), kept_latents(z, refs, self.dit_cfg))
 
