@@ -31,8 +31,8 @@ from dreamserve.request import GenerationRequest
 from dreamserve.runner import render
 
 ROOT = Path(__file__).resolve().parents[1]
-# One phrase: one batch of 2 per step (prompt, no prompt). Two phrases: the sampler adds a
-# row per phrase (sample.Conditions.regions), the slowest text-to-image request it serves.
+# One phrase: one batch of 2 per step (prompt, no prompt). Two phrases: a row per phrase in
+# place of the prompt's (sample.Conditions.regions), the slowest text-to-image request served.
 # Edit: one input image of the output's size, whose latents join the sequence and whose
 # pixels are pasted back where the transformer kept them (keep.py) at the output's size.
 PROMPTS = {
@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs ({cpu_name()}); {gen.steps} sampling steps with "
         "classifier-free guidance. "
         f'"one phrase" is "{one}" (batch 2 per step: prompt, no prompt); "two phrases" is '
-        f'"{PROMPTS["two phrases"]}" (batch 4: each phrase of its layout plan is also drawn '
-        "from its own prompt); "
+        f'"{PROMPTS["two phrases"]}" (batch 3: each phrase of its layout plan is drawn '
+        "from its own prompt, and no row for the whole prompt); "
         f'"edit" is "{PROMPTS["edit"]}" with one input image of the output\'s size (its '
         "latents join the sequence; its pixels are pasted where the transformer kept them, "
         "counted in decoder + upscale). "

@@ -96,9 +96,10 @@ def cover(obj: Obj, grid: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(iny[:, None] & inx[None, :])
 
 
-# Each region is one more row in every step's batch. On the 2-core CPU a 1K request took
-# 0.67 s with one phrase, 1.04 / 1.25 / 1.48 s with two / three / four regions (session 29),
-# against the 1.5 s target: three keep a margin, and only free prompts name more kinds.
+# Each region is a row in every step's batch (in place of the whole prompt's when the regions
+# hold every object: sample.Sampler.conditions). Session 29's 2-core CPU took 0.67 s for a 1K
+# request of one phrase, 1.04 / 1.25 / 1.48 s for batches of 4 / 5 / 6 rows, against the
+# 1.5 s target: three regions (4 rows) keep a margin, and only free prompts name more kinds.
 MAX_REGIONS = 3
 
 
@@ -117,7 +118,8 @@ def regions(scene: Scene) -> list[Region]:
     the time, although each box carries its own phrase (MODEL_CARD.md, session 28): it takes
     shapes from the prompt's words. The sampler therefore predicts each region's tokens from
     a prompt that names that region's objects alone (Sampler.conditions), as LLM-grounded
-    diffusion draws each box from its own phrase; the whole prompt still draws the rest.
+    diffusion draws each box from its own phrase. Past MAX_REGIONS phrases the whole prompt
+    draws what the regions leave.
     """
     groups: dict[str, list[Obj]] = {}
     for o in scene.objects:
@@ -127,6 +129,23 @@ def regions(scene: Scene) -> list[Region]:
     bg = background_words(scene.background)
     first = list(groups.values())[:MAX_REGIONS]  # the rest are drawn by the whole prompt
     return [Region(_alone(objs, bg), tuple(objs)) for objs in first]
+
+
+def covers_all(scene: Scene, parts: Sequence[Region]) -> bool:
+    """Whether the regions hold every object of the plan (no phrase past MAX_REGIONS)."""
+    return sum(len(r.objects) for r in parts) == len(scene.objects)
+
+
+def nearest(boxes: torch.Tensor) -> torch.Tensor:
+    """(R, gh, gw) bool boxes -> (R, gh, gw) bool: each token given to the region whose box
+    is nearest (Euclidean, token centres; ties to the earlier region), so every token is in
+    exactly one. A region's box and the tokens around it are its own."""
+    r, gh, gw = boxes.shape
+    yy, xx = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    at = torch.stack([yy.flatten(), xx.flatten()], 1).float()  # (T, 2)
+    dist = torch.stack([torch.cdist(at, at[b.flatten()]).amin(1) for b in boxes])  # (R, T)
+    owner = dist.argmin(0)  # (T,)
+    return (owner[None] == torch.arange(r)[:, None]).view(r, gh, gw)
 
 
 def _alone(objs: Sequence[Obj], background: str) -> str:

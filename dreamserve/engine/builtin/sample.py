@@ -2,7 +2,8 @@
 
 1. plan the layout of a text-to-image prompt the caption grammar reads (layout.py), seeded;
    a plan whose boxes carry different phrases is split into one region per phrase
-2. encode the prompt, each region's prompt and the no-prompt condition with MiniLM
+2. encode the prompt (split into regions: each region's prompt instead) and the no-prompt
+   condition with MiniLM
 3. encode the input images (edit / references) into latents on the output's token grid
 4. draw the starting noise from the seed (a private generator: same seed, same pixels)
 5. integrate the flow from t=1 (noise) to t=0 with Euler steps, classifier-free guided, each
@@ -28,8 +29,11 @@ from dreamserve.engine.builtin.data import PX, grid_for, to_tensor
 from dreamserve.engine.builtin.dit import DiT, from_fine, null_condition, shift_time, to_fine
 from dreamserve.engine.builtin.keep import Kept, kept_latents, paste
 from dreamserve.engine.builtin.layout import (
+    Region,
     cover,
+    covers_all,
     layout_map,
+    nearest,
     phrase,
     phrase_vectors,
     plan,
@@ -70,7 +74,8 @@ class Conditions:
     text: torch.Tensor  # (R, L, 384) MiniLM states: the prompt, each region's, no prompt
     mask: torch.Tensor  # (R, L) which of them are tokens
     layout: torch.Tensor | None  # (R, LAYOUT_DIM, fine gh, fine gw) plans; None: no plan
-    regions: torch.Tensor | None  # (R - 2, 1, fine gh, fine gw) bool: where each region's row
+    regions: torch.Tensor | None  # (R - 1, 1, fine gh, fine gw) bool: which conditional row
+    # predicts each fine token (each token in exactly one); None: row 0 predicts them all
 
 
 def time_grid(steps: int, shift: float) -> torch.Tensor:
@@ -131,12 +136,17 @@ class Sampler:
     def conditions(
         self, spec: SampleSpec, refs: list[torch.Tensor], gw: int, gh: int
     ) -> Conditions:
-        """Steps 1-2: the rows of one batched forward per step: the prompt, each region's
-        prompt, and the no-prompt condition last."""
+        """Steps 1-2: the rows of one batched forward per step: the prompt (a plan split into
+        regions: each region's prompt instead), and the no-prompt condition last."""
         scene = self.plan(spec, refs)
         grid = (gw * self.dit_cfg.split, gh * self.dit_cfg.split)
         parts = regions(scene) if scene is not None else []
-        prompts = [spec.prompt, *(r.prompt for r in parts)]
+        # Regions that hold every object draw every token between them (each region's prompt
+        # names the background too), so the whole prompt's row is not run: a two-phrase prompt
+        # is a batch of 3 a step, not 4 (session 33). Past MAX_REGIONS it draws the rest.
+        whole = scene is None or not parts or not covers_all(scene, parts)
+        prompts = [spec.prompt] if whole else []
+        prompts += [r.prompt for r in parts]
         states, smask = self.text(prompts)
         unc, umask = null_condition(1)
         rows, L = len(prompts) + 1, max(states.shape[1], 1)
@@ -148,29 +158,22 @@ class Sampler:
             return Conditions(text, mask, None, None)
         # The plan goes to the prompt's rows only: training drops it with the prompt, so
         # guidance pushes towards plan and prompt together. A region's row plans its boxes.
-        plans = [scene.objects, *(r.objects for r in parts)]
+        plans = [scene.objects] if whole else []
+        plans += [r.objects for r in parts]
         objs = [o for p in plans for o in p]
         layout = layout_map(plans, grid, phrase_vectors(self.text, map(phrase, objs)))
         layout = torch.cat([layout, torch.zeros_like(layout[:1])])  # the no-prompt row
         if not parts:
             return Conditions(text, mask, layout, None)
-        # Each region's prediction is used on its boxes grown by one token, so the edges of a
-        # shape that reach past its box come from the same prompt as its middle.
-        each = [torch.stack([cover(o, grid) for o in r.objects]).any(0) for r in parts]
-        boxes = torch.stack(each)
-        grown = F.max_pool2d(boxes[:, None].float(), 3, stride=1, padding=1) > 0
-        return Conditions(text, mask, layout, grown)
+        return Conditions(text, mask, layout, owners(parts, grid, whole))
 
     def composite(self, v: torch.Tensor, regions: torch.Tensor | None) -> torch.Tensor:
-        """(1, C, gh, gw): the prompt's prediction (row 0), each region's own row (1..) on
-        its tokens, on the fine token grid the regions are drawn on."""
+        """(1, C, gh, gw): each fine token from the conditional row that owns it (all from
+        row 0 without regions)."""
         if regions is None:
             return v[:1]
         fine = to_fine(v, self.dit_cfg)
-        out = fine[:1]
-        for i, where in enumerate(regions):
-            out = torch.where(where, fine[i + 1 : i + 2], out)
-        return from_fine(out, self.dit_cfg)
+        return from_fine((fine * regions).sum(0, keepdim=True), self.dit_cfg)
 
     def plan(self, spec: SampleSpec, refs: list[torch.Tensor]) -> Scene | None:
         """The layout plan of a text-to-image prompt, or None: no plan asked, a model without
@@ -207,6 +210,20 @@ class Sampler:
         if not refs:
             return None
         return Kept(tuple(images[: len(refs)]), kept_latents(z, refs, self.dit_cfg))
+
+
+def owners(parts: Sequence[Region], grid: tuple[int, int], whole: bool) -> torch.Tensor:
+    """(rows, 1, gh, gw) bool on the fine grid: which conditional row predicts each token.
+    Regions alone: each token from the region whose boxes are nearest. With the whole
+    prompt's row first: each region's boxes grown by one token (so a shape's edge comes from
+    the same prompt as its middle; later regions win overlaps), the whole prompt elsewhere."""
+    boxes = torch.stack([torch.stack([cover(o, grid) for o in r.objects]).any(0) for r in parts])
+    if not whole:
+        return nearest(boxes)[:, None]
+    own = F.max_pool2d(boxes[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0
+    for i in range(len(parts) - 1):
+        own[i] &= ~own[i + 1 :].any(0)
+    return torch.cat([~own.any(0, keepdim=True), own])[:, None]
 
 
 def seeded_noise(seed: int, ch: int, gh: int, gw: int) -> torch.Tensor:

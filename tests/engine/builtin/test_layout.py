@@ -10,7 +10,9 @@ from dreamserve.engine.builtin.dit import LAYOUT_DIM, DiT
 from dreamserve.engine.builtin.layout import (
     all_phrases,
     cover,
+    covers_all,
     layout_map,
+    nearest,
     phrase_vectors,
     plan,
     regions,
@@ -143,7 +145,17 @@ def test_a_plan_with_two_phrases_splits_into_regions_with_their_own_prompts() ->
     assert [r.objects[0].shape for r in regions(four)] == ["circle", "square", "star"]
 
 
-def test_each_region_is_drawn_from_its_own_prompt_and_the_rest_from_the_whole(
+def test_nearest_gives_every_token_to_the_region_whose_box_is_closest() -> None:
+    boxes = torch.zeros(2, 3, 6, dtype=torch.bool)
+    boxes[0, 1, 0] = True  # column 0
+    boxes[1, :, 4] = True  # column 4
+    own = nearest(boxes)
+    assert bool((own.sum(0) == 1).all())  # a partition
+    assert bool(own[0, :, :2].all()) and bool(own[1, :, 3:].all())
+    assert bool(own[0, 1, 2])  # two from each box in its row: the tie goes to the first
+
+
+def test_regions_that_hold_every_object_draw_every_token_without_the_whole_prompt(
     enc: TextEncoder,
 ) -> None:
     s = _sampler(enc)
@@ -151,21 +163,39 @@ def test_each_region_is_drawn_from_its_own_prompt_and_the_rest_from_the_whole(
     scene = s.plan(spec, [])
     assert scene is not None
     c = s.conditions(spec, [], 8, 8)
-    assert c.text.shape[0] == 4 and c.layout is not None and c.regions is not None
-    assert c.text[1:3].ne(c.text[:1]).any()  # the regions' prompts are not the prompt
+    # Two regions and the no-prompt row: the whole prompt's row is not run (batch 3, not 4).
+    assert c.text.shape[0] == 3 and c.layout is not None and c.regions is not None
+    whole_tokens = int(s.text([spec.prompt])[1].sum())
+    assert bool((c.mask[:2].sum(1) < whole_tokens).all())  # each names one object, not both
     star, circle = scene.objects
     assert c.regions.shape == (2, 1, 8, 8)
-    assert bool(c.regions[0, 0][cover(star, (8, 8))].all())  # its box, and one token more
-    assert int(c.regions[0].sum()) > int(cover(star, (8, 8)).sum())
-    assert not bool((c.regions[0] & c.regions[1]).any())  # apart, as the plan puts them
+    assert bool((c.regions.sum(0) == 1).all())  # each token from exactly one row
+    assert bool(c.regions[0, 0][cover(star, (8, 8))].all())
+    assert bool(c.regions[1, 0][cover(circle, (8, 8))].all())
     # A region's row plans its own box only.
-    assert bool((c.layout[1, 0] == 0)[cover(circle, (8, 8))].all())
-    assert bool((c.layout[1, 0] != 0)[cover(star, (8, 8))].all())
-    v = torch.arange(3.0)[:, None, None, None].expand(3, 4, 8, 8)  # rows 0, 1, 2
+    assert bool((c.layout[0, 0] == 0)[cover(circle, (8, 8))].all())
+    assert bool((c.layout[0, 0] != 0)[cover(star, (8, 8))].all())
+    v = torch.arange(2.0)[:, None, None, None].expand(2, 4, 8, 8)  # rows 0, 1
     out = s.composite(v, c.regions)
     assert out.shape == (1, 4, 8, 8)
-    assert bool((out[0, 0][c.regions[0, 0]] == 1).all())
-    assert bool((out[0, 0][c.regions[1, 0]] == 2).all())
-    assert bool((out[0, 0][~(c.regions[0, 0] | c.regions[1, 0])] == 0).all())
+    assert bool((out[0, 0][c.regions[0, 0]] == 0).all())
+    assert bool((out[0, 0][c.regions[1, 0]] == 1).all())
     img = s(spec, [], lambda: None)
     assert img.size == (128, 128)
+
+
+def test_past_three_phrases_the_whole_prompt_draws_what_the_regions_leave(
+    enc: TextEncoder,
+) -> None:
+    s = _sampler(enc)
+    spec = SampleSpec("a red circle, a blue square, a green star and a pink heart", 4, 128, 128)
+    scene = s.plan(spec, [])
+    assert scene is not None and not covers_all(scene, regions(scene))
+    c = s.conditions(spec, [], 8, 8)
+    assert c.text.shape[0] == 5 and c.regions is not None  # prompt, 3 regions, no prompt
+    assert c.regions.shape == (4, 1, 8, 8) and bool((c.regions.sum(0) == 1).all())
+    heart = next(o for o in scene.objects if o.shape == "heart")
+    assert bool(c.regions[0, 0][cover(heart, (8, 8))].any())  # the whole prompt's
+    for k, part in enumerate(regions(scene)):  # each region's row owns its boxes
+        for obj in part.objects:
+            assert bool(c.regions[k + 1, 0][cover(obj, (8, 8))].any())
