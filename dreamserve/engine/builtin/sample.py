@@ -27,7 +27,7 @@ from PIL import Image
 from dreamserve.engine.builtin.autoencoder import AutoEncoder
 from dreamserve.engine.builtin.data import PX, grid_for, to_tensor
 from dreamserve.engine.builtin.dit import DiT, from_fine, null_condition, shift_time, to_fine
-from dreamserve.engine.builtin.keep import Kept, kept_latents, paste
+from dreamserve.engine.builtin.keep import Kept, kept_latents, paste, paste_image
 from dreamserve.engine.builtin.layout import (
     Region,
     cover,
@@ -189,10 +189,11 @@ class Sampler:
         # Step 6: decode at 2x; step 7: the trained upscaler, then exactly the asked size.
         dec = (self.ae.decode(z) + 1.0).div(2.0).clamp(0, 1)  # (1, 3, 32gh, 32gw)
         img = upscale(self.sr, dec if kept is None else paste(dec, kept), height, width)
-        if kept is not None and img.shape != dec.shape:  # exact input pixels at the output's
-            img = paste(img, kept)  # size too, where an input has that many
         arr = (img[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
-        return Image.fromarray(arr)
+        out = Image.fromarray(arr)
+        if kept is not None and img.shape != dec.shape:  # exact input pixels at the output's
+            out = paste_image(out, kept)  # size too, where an input has that many
+        return out
 
     def __call__(
         self, spec: SampleSpec, images: Sequence[Image.Image], on_step: StepFn

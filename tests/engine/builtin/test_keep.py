@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from dreamserve.engine.builtin.dit import DiTConfig
-from dreamserve.engine.builtin.keep import KEEP_SHARE, OTHERS_SHARE, Kept, kept_latents, paste
+from dreamserve.engine.builtin.keep import (
+    KEEP_SHARE,
+    OTHERS_SHARE,
+    Kept,
+    kept_latents,
+    paste,
+    paste_image,
+)
 
 CFG = DiTConfig(split=2)  # 128-channel cells: 8 latent channels x 4x4 latent pixels
 
@@ -65,3 +73,17 @@ def test_an_input_smaller_than_the_output_is_not_stretched_over_it() -> None:
     assert torch.equal(paste(img, Kept((small, small), _halves())), img)
     nothing = torch.full((1, 1, 8, 8), -1)
     assert torch.equal(paste(img, Kept((Image.new("RGB", (64, 64), "white"),), nothing)), img)
+
+
+def test_at_the_asked_size_kept_pixels_are_the_inputs_own_and_small_inputs_stay_out() -> None:
+    black = Image.new("RGB", (256, 256))  # the upscaled output: 4x the 64-pixel decode
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), np.uint8))
+    gray = Image.new("RGB", (128, 128), (51, 51, 51))  # smaller than the output: left out
+    out = np.asarray(paste_image(black, Kept((noise, gray), _halves())))
+    assert out.shape == (256, 256, 3)
+    src = np.asarray(noise)
+    assert np.array_equal(out[:, :112], src[:, :112])  # exactly image 1's
+    assert int(out[:, 140:].max()) == 0  # the model's: image 2 is too small to stretch
+    seam = out[:, 116:132]  # ramped from image 1's to the model's black
+    assert bool((seam <= src[:, 116:132]).all()) and not np.array_equal(seam, src[:, 116:132])
+    assert seam.any()
