@@ -38,15 +38,11 @@ from dreamserve.engine.builtin.dit import DiTConfig
 # mean PSNR of the untouched region from 30.2 dB to 36.4 / 37.5 / 38.1. The middle one: a
 # larger share pastes more of what the model meant to change only slightly. Per latent pixel
 # at the same share: edit 132 and 150 of 198 on draws 0 and 1 (fine tokens 133 and 143);
-# on draw 2, 138 / 141 / 140 / 141 at 0.05 / 0.1 / 0.2 / 0.3 (session 33).
+# on draw 2, 138 / 141 / 140 / 141 at 0.05 / 0.1 / 0.2 / 0.3 (session 33). One share for
+# every input: images 2-3 at 0.3 took reference 72 / 73 / 73 / 81 -> 72 / 78 / 73 / 84 of
+# 99 on draws 0-3, but pasted their backgrounds around other images' objects (white halos
+# in restyles; 5x the latent pixels pasted worse than decoded on draw 0), so it was not kept.
 KEEP_SHARE = 0.1
-# Images 2 and 3 are kept at a looser share: their objects are combined onto another
-# background, so the latents around them read a new context and sit further from their own
-# input's than an untouched region of image 1 does. On the eval's 99 reference tasks of
-# draws 0-3 (session 33, shipped weights): 72 / 73 / 73 / 81 at 0.1, 72 / 78 / 73 / 84 at
-# 0.3 (combine +2 / +5 / +2 / +3), chosen on draws 0-2 and confirmed on draw 3; 0.5 took
-# combine further but put back objects "onto" had removed (draw 0: 69). Edits have one input.
-OTHERS_SHARE = 0.3
 # Decoded pixels per latent pixel: the autoencoder's latent is 4x down, decoded at 2x.
 DECODED_PER_LATENT = 8
 
@@ -58,30 +54,23 @@ class Kept:
 
 
 def kept_latents(
-    z: torch.Tensor,
-    refs: Sequence[torch.Tensor],
-    cfg: DiTConfig,
-    share: float = KEEP_SHARE,
-    others: float = OTHERS_SHARE,
+    z: torch.Tensor, refs: Sequence[torch.Tensor], cfg: DiTConfig, share: float = KEEP_SHARE
 ) -> torch.Tensor:
     """(1, 1, 4gh, 4gw) long: on each latent pixel, the index of the input whose latents
-    (refs, on z's (1, 128, gh, gw) cells) z holds within its share (`share` for image 1,
-    `others` for images 2-3) - the nearest in shares if several - or -1 where it holds none."""
+    (refs, on z's (1, 128, gh, gw) cells) z holds within `share` - the nearest if several -
+    or -1 where it holds none."""
 
     def pixels(x: torch.Tensor) -> torch.Tensor:  # cells -> the autoencoder's latent pixels
         return F.pixel_shuffle(x, cfg.patch)
 
-    shares = [share] + [others] * (len(refs) - 1)
     dists = torch.stack(
         [
-            pixels(z - r).pow(2).mean(1, keepdim=True)
-            / pixels(r).pow(2).mean().clamp_min(1e-8)
-            / sh
-            for r, sh in zip(refs, shares, strict=True)
+            pixels(z - r).pow(2).mean(1, keepdim=True) / pixels(r).pow(2).mean().clamp_min(1e-8)
+            for r in refs
         ]
-    )  # (inputs, 1, 1, 4gh, 4gw), in shares
+    )  # (inputs, 1, 1, 4gh, 4gw)
     best, index = dists.min(0)
-    return torch.where(best < 1.0, index, torch.full_like(index, -1))
+    return torch.where(best < share, index, torch.full_like(index, -1))
 
 
 def paste(img: torch.Tensor, kept: Kept) -> torch.Tensor:
