@@ -80,6 +80,8 @@ def paste(img: torch.Tensor, kept: Kept) -> torch.Tensor:
     h, w = img.shape[-2:]
     for src, m in _kept_inputs(kept, w, h):
         inp = (to_tensor(src)[None] + 1.0) / 2.0  # (1, 3, h, w) in [0, 1]
+        if m.shape[-2:] != (h, w):  # a decoder that is not DECODED_PER_LATENT (tiny configs)
+            m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
         img = m * inp + (1.0 - m) * img
     return img
 

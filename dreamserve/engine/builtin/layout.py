@@ -148,6 +148,20 @@ def nearest(boxes: torch.Tensor) -> torch.Tensor:
     return (owner[None] == torch.arange(r)[:, None]).view(r, gh, gw)
 
 
+def owners(parts: Sequence[Region], grid: tuple[int, int], whole: bool) -> torch.Tensor:
+    """(rows, 1, gh, gw) bool on the fine grid: which conditional row predicts each token.
+    Regions alone: each token from the region whose boxes are nearest. With the whole
+    prompt's row first: each region's boxes grown by one token (so a shape's edge comes from
+    the same prompt as its middle; later regions win overlaps), the whole prompt elsewhere."""
+    boxes = torch.stack([torch.stack([cover(o, grid) for o in r.objects]).any(0) for r in parts])
+    if not whole:
+        return nearest(boxes)[:, None]
+    own = F.max_pool2d(boxes[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0
+    for i in range(len(parts) - 1):
+        own[i] &= ~own[i + 1 :].any(0)
+    return torch.cat([~own.any(0, keepdim=True), own])[:, None]
+
+
 def _alone(objs: Sequence[Obj], background: str) -> str:
     """A prompt in the grammar's words for these objects (one phrase) alone on the background."""
     return f"{noun_phrase(len(objs), objs[0].color, objs[0].shape)} {background}"

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from dreamserve.engine.builtin.autoencoder import AutoEncoder
@@ -29,11 +28,9 @@ from dreamserve.engine.builtin.data import PX, grid_for, to_tensor
 from dreamserve.engine.builtin.dit import DiT, from_fine, null_condition, shift_time, to_fine
 from dreamserve.engine.builtin.keep import Kept, kept_latents, paste, paste_image
 from dreamserve.engine.builtin.layout import (
-    Region,
-    cover,
     covers_all,
     layout_map,
-    nearest,
+    owners,
     phrase,
     phrase_vectors,
     plan,
@@ -71,7 +68,7 @@ class SampleSpec:
 class Conditions:
     """What every step's one batched forward reads, row by row (R rows)."""
 
-    text: torch.Tensor  # (R, L, 384) MiniLM states: the prompt, each region's, no prompt
+    text: torch.Tensor  # (R, L, 384) MiniLM states: the prompt or each region's, no prompt
     mask: torch.Tensor  # (R, L) which of them are tokens
     layout: torch.Tensor | None  # (R, LAYOUT_DIM, fine gh, fine gw) plans; None: no plan
     regions: torch.Tensor | None  # (R - 1, 1, fine gh, fine gw) bool: which conditional row
@@ -211,20 +208,6 @@ class Sampler:
         if not refs:
             return None
         return Kept(tuple(images[: len(refs)]), kept_latents(z, refs, self.dit_cfg))
-
-
-def owners(parts: Sequence[Region], grid: tuple[int, int], whole: bool) -> torch.Tensor:
-    """(rows, 1, gh, gw) bool on the fine grid: which conditional row predicts each token.
-    Regions alone: each token from the region whose boxes are nearest. With the whole
-    prompt's row first: each region's boxes grown by one token (so a shape's edge comes from
-    the same prompt as its middle; later regions win overlaps), the whole prompt elsewhere."""
-    boxes = torch.stack([torch.stack([cover(o, grid) for o in r.objects]).any(0) for r in parts])
-    if not whole:
-        return nearest(boxes)[:, None]
-    own = F.max_pool2d(boxes[:, None].float(), 3, stride=1, padding=1)[:, 0] > 0
-    for i in range(len(parts) - 1):
-        own[i] &= ~own[i + 1 :].any(0)
-    return torch.cat([~own.any(0, keepdim=True), own])[:, None]
 
 
 def seeded_noise(seed: int, ch: int, gh: int, gw: int) -> torch.Tensor:

@@ -66,3 +66,9 @@ def test_at_the_asked_size_kept_pixels_are_the_inputs_own_and_small_inputs_stay_
     seam = out[:, 116:132]  # ramped from image 1's to the model's black
     assert bool((seam <= src[:, 116:132]).all()) and not np.array_equal(seam, src[:, 116:132])
     assert seam.any()
+
+
+def test_a_decoder_of_another_scale_gets_the_mask_stretched_to_its_size() -> None:
+    img = torch.zeros(1, 3, 32, 32)  # 4 pixels a latent pixel, as a tiny config decodes
+    out = paste(img, Kept((Image.new("RGB", (32, 32), "white"),), _halves()))
+    assert float(out[..., :12].min()) == 1.0 and float(out[..., 20:].max()) == 0.0
