@@ -31,13 +31,16 @@ from dreamserve.request import GenerationRequest
 from dreamserve.runner import render
 
 ROOT = Path(__file__).resolve().parents[1]
-# One phrase: one batch of 2 per step (prompt, no prompt). Two phrases: a row per phrase in
-# place of the prompt's (sample.Conditions.regions), the slowest text-to-image request served.
+# One phrase: one batch of 2 per step (prompt, no prompt). Two and three phrases: a row per
+# phrase in place of the prompt's (sample.Conditions.regions): each kind of object a prompt
+# names costs one more row (four, past layout.MAX_REGIONS: three regions, the whole prompt's
+# row for the fourth kind, no prompt: five rows).
 # Edit: one input image of the output's size, whose latents join the sequence and whose
 # pixels are pasted back where the transformer kept them (keep.py) at the output's size.
 PROMPTS = {
     "one phrase": "a large red star at the top left on a grass field",
     "two phrases": "a red star above a blue circle on a grass field",
+    "three phrases": "two red circles, a blue square and a green star on a grass field",
     "edit": "make the red star blue",
 }
 EDITED = Scene("grass field", (Obj("star", "red", 0.25, 0.25, 0.34),))
@@ -194,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         f'"one phrase" is "{one}" (batch 2 per step: prompt, no prompt); "two phrases" is '
         f'"{PROMPTS["two phrases"]}" (batch 3: each phrase of its layout plan is drawn '
         "from its own prompt, and no row for the whole prompt); "
+        f'"three phrases" is "{PROMPTS["three phrases"]}" (batch 4); '
         f'"edit" is "{PROMPTS["edit"]}" with one input image of the output\'s size (its '
         "latents join the sequence; its pixels are pasted where the transformer kept them, "
         "counted in decoder + upscale). "
