@@ -26,7 +26,7 @@ from PIL import Image
 from dreamserve.engine.builtin.autoencoder import AutoEncoder
 from dreamserve.engine.builtin.data import PX, grid_for, to_tensor
 from dreamserve.engine.builtin.dit import DiT, from_fine, null_condition, shift_time, to_fine
-from dreamserve.engine.builtin.keep import Kept, kept_latents, paste, paste_image
+from dreamserve.engine.builtin.keep import Kept, kept_latents, paste, paste_image, seams
 from dreamserve.engine.builtin.layout import (
     covers_all,
     layout_map,
@@ -185,11 +185,12 @@ class Sampler:
     ) -> Image.Image:
         # Step 6: decode at 2x; step 7: the trained upscaler, then exactly the asked size.
         dec = (self.ae.decode(z) + 1.0).div(2.0).clamp(0, 1)  # (1, 3, 32gh, 32gw)
-        img = upscale(self.sr, dec if kept is None else paste(dec, kept), height, width)
+        cut = None if kept is None else seams(dec, kept)
+        img = upscale(self.sr, dec if cut is None else paste(dec, cut), height, width)
         arr = (img[0].permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
         out = Image.fromarray(arr)
-        if kept is not None and img.shape != dec.shape:  # exact input pixels at the output's
-            out = paste_image(out, kept)  # size too, where an input has that many
+        if cut is not None and img.shape != dec.shape:  # exact input pixels at the output's
+            out = paste_image(out, cut)  # size too, where an input has that many
         return out
 
     def __call__(
