@@ -20,7 +20,7 @@ the new star (session 32).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,9 +85,11 @@ def kept_latents(
 
 @dataclass(frozen=True)
 class Seams:
-    """Each input kept somewhere, with its soft mask at the decoder's output size."""
+    """Each input kept somewhere: as given, at the decoder's output size, and its soft mask
+    there."""
 
     images: tuple[Image.Image, ...]  # the inputs as given
+    pixels: tuple[torch.Tensor, ...]  # (1, 3, H, W) in [0, 1]: each box-averaged to H x W
     masks: tuple[torch.Tensor, ...]  # (1, 1, H, W) in [0, 1], one per image
 
 
@@ -96,18 +98,19 @@ def seams(dec: torch.Tensor, kept: Kept) -> Seams:
     [0, 1]: each input's kept latent pixels, grown into the pixels around them where `dec`
     agrees with that input (`grow`), the seams ramped over 5 pixels."""
     h, w = dec.shape[-2:]
-    images, masks = [], []
+    images, pixels, masks = [], [], []
     for k, image in enumerate(kept.images):
         hard = (kept.which == k).float()
         if not bool(hard.any()):
             continue
         per = h // hard.shape[-2]  # DECODED_PER_LATENT, or fewer in a tiny test config
         hard = F.interpolate(hard, size=(h, w), mode="nearest")
-        inp = (to_tensor(image.convert("RGB").resize((w, h), Image.Resampling.BOX))[None] + 1) / 2
+        inp = (to_tensor(_resized(image, w, h))[None] + 1.0) / 2.0
         soft = F.avg_pool2d(grow(hard, inp, dec, per), 5, 1, 2, count_include_pad=False)
         images.append(image)
+        pixels.append(inp)
         masks.append(soft)
-    return Seams(tuple(images), tuple(masks))
+    return Seams(tuple(images), tuple(pixels), tuple(masks))
 
 
 def grow(
@@ -135,13 +138,13 @@ def grow(
 
 
 def paste(img: torch.Tensor, seams: Seams) -> torch.Tensor:
-    """img (1, 3, H, W) in [0, 1], the decoder's output, with each input's pixels where its
-    latents were kept. An input with fewer pixels than img is left out: stretched up, it
-    would be blurrier than what the decoder draws."""
+    """img (1, 3, H, W) in [0, 1], the decoder's output `seams` was made from, with each
+    input's pixels where its latents were kept. An input with fewer pixels than img is left
+    out: stretched up, it would be blurrier than what the decoder draws."""
     h, w = img.shape[-2:]
-    for src, m in _large_enough(seams, w, h):
-        inp = (to_tensor(src)[None] + 1.0) / 2.0  # (1, 3, h, w) in [0, 1]
-        img = m * inp + (1.0 - m) * img
+    for image, inp, m in zip(seams.images, seams.pixels, seams.masks, strict=True):
+        if image.width >= w and image.height >= h:
+            img = m * inp + (1.0 - m) * img
     return img
 
 
@@ -149,15 +152,15 @@ def paste_image(out: Image.Image, seams: Seams) -> Image.Image:
     """`out` at the asked size with each input at least that large taken where its latents
     were kept: the decoder-size mask stretched bilinearly, blended in 8 bits by PIL (a float
     blend of three 4K tensors cost about 2 s of a 4K edit, session 32)."""
-    for src, m in _large_enough(seams, out.width, out.height):
+    for image, m in zip(seams.images, seams.masks, strict=True):
+        if image.width < out.width or image.height < out.height:
+            continue
         alpha = Image.fromarray((m[0, 0].numpy() * 255.0 + 0.5).astype(np.uint8), "L")
+        src = _resized(image, out.width, out.height)
         out = Image.composite(src, out, alpha.resize(out.size, Image.Resampling.BILINEAR))
     return out
 
 
-def _large_enough(seams: Seams, w: int, h: int) -> Iterator[tuple[Image.Image, torch.Tensor]]:
-    """Each kept input at least w x h, box-averaged to w x h (stretched as the copy path
-    stretched it), with its soft mask at the decoder's size."""
-    for image, mask in zip(seams.images, seams.masks, strict=True):
-        if image.width >= w and image.height >= h:
-            yield image.convert("RGB").resize((w, h), Image.Resampling.BOX), mask
+def _resized(image: Image.Image, w: int, h: int) -> Image.Image:
+    """An input box-averaged to w x h, stretched as the copy path stretched it."""
+    return image.convert("RGB").resize((w, h), Image.Resampling.BOX)
