@@ -100,7 +100,8 @@ def dit_flops(gen: BuiltinGenerator, prompt: str) -> float:
     gh = gw = 8
     dit = gen.sampler.dit
     refs = [torch.randn(1, dit.cfg.latent_ch, gh, gw)] if prompt == PROMPTS["edit"] else []
-    c = gen.sampler.conditions(SampleSpec(prompt, 1, 1024, 1024), refs, gw, gh)
+    spec = SampleSpec(prompt, 1, 1024, 1024)
+    c = gen.sampler.conditions(spec, gen.sampler.plan(spec, refs), gw, gh)
     rows = c.text.shape[0]
     x = torch.randn(rows, dit.cfg.latent_ch, gh, gw)
     refs = [r.expand(rows, -1, -1, -1) for r in refs]

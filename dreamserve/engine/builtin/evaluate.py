@@ -326,6 +326,7 @@ def main(
     draw: int = 0,
     plan: bool = True,
     keep: bool = True,
+    expert: bool = True,
 ) -> int:
     torch.manual_seed(0)
     src = checkpoint if checkpoint is not None else weights.PACKAGE_WEIGHTS
@@ -337,7 +338,8 @@ def main(
     t2i, edit, ref = make_specs(seed, 9000, 4500, 1500)
     seen = {s.text for s in t2i} | {s.text for s in edit}
     start = time.monotonic()
-    sampler = Sampler(models.ae, models.dit, models.sr, TextEncoder())
+    late = models.expert if expert else None
+    sampler = Sampler(models.ae, models.dit, models.sr, TextEncoder(), late)
     tally = evaluate(sampler, samples, seen, guidance=guidance, draw=draw, plan=plan, keep=keep)
     rows = table(tally)
     counts = {k: len(v) for k, v in tally.ok.items()} | {"edit_psnr_db": len(tally.psnrs)}
@@ -350,6 +352,7 @@ def main(
         "draw": draw,
         "plan": plan and models.dit.cfg.layout,
         "keep": keep,
+        "expert": late is not None,
         "seconds": round(time.monotonic() - start, 1),
         "results": rows,
         "counts": counts,

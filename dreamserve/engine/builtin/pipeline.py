@@ -46,7 +46,7 @@ class BuiltinGenerator:
             raise RuntimeError("no built-in weights shipped in dreamserve/engine/builtin/weights/")
         m = weights.load()
         self.meta = m.meta
-        self.sampler = Sampler(m.ae, m.dit, m.sr, TextEncoder())
+        self.sampler = Sampler(m.ae, m.dit, m.sr, TextEncoder(), m.expert)
         self.steps = STEPS
 
     def prompts(self, task: Task) -> list[tuple[str, int]]:

@@ -7,7 +7,8 @@
 3. encode the input images (edit / references) into latents on the output's token grid
 4. draw the starting noise from the seed (a private generator: same seed, same pixels)
 5. integrate the flow from t=1 (noise) to t=0 with Euler steps, classifier-free guided, each
-   region's tokens predicted from its own prompt
+   region's tokens predicted from its own prompt; a planned image's low-noise steps go to the
+   expert, which draws the outlines at the latent pixels (expert.py), when there is one
 6. decode the latents at 2x with the autoencoder; an edit takes the input images' own
    pixels where the transformer kept their latents (keep.py)
 7. draw exactly the asked size with the trained upscaler (area-averaged when smaller), and
@@ -21,11 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from dreamserve.engine.builtin.autoencoder import AutoEncoder
 from dreamserve.engine.builtin.data import PX, grid_for, to_tensor
 from dreamserve.engine.builtin.dit import DiT, from_fine, null_condition, shift_time, to_fine
+from dreamserve.engine.builtin.expert import Expert, pool_text
 from dreamserve.engine.builtin.keep import Kept, kept_latents, paste, paste_image, seams
 from dreamserve.engine.builtin.layout import (
     covers_all,
@@ -75,14 +78,29 @@ class Conditions:
     # predicts each fine token (each token in exactly one); None: row 0 predicts them all
 
 
+@dataclass(frozen=True)
+class ExpertRows:
+    """What the expert reads at each of its steps: the prompt's row, then no prompt's."""
+
+    pooled: torch.Tensor  # (2, TEXT_DIM) the prompt's unit MiniLM vector; zeros
+    layout: torch.Tensor  # (2, LAYOUT_DIM, 4gh, 4gw) the plan per latent pixel; zeros
+
+
 def time_grid(steps: int, shift: float) -> torch.Tensor:
     """steps+1 times from 1 to 0, shifted as in training (more steps where layout is decided)."""
     return shift_time(torch.linspace(1.0, 0.0, steps + 1), shift)
 
 
 class Sampler:
-    def __init__(self, ae: AutoEncoder, dit: DiT, sr: Upscaler, text: TextEncoder) -> None:
-        self.ae, self.dit, self.sr, self.text = ae, dit, sr, text
+    def __init__(
+        self,
+        ae: AutoEncoder,
+        dit: DiT,
+        sr: Upscaler,
+        text: TextEncoder,
+        expert: Expert | None = None,
+    ) -> None:
+        self.ae, self.dit, self.sr, self.text, self.expert = ae, dit, sr, text, expert
         self.time_shift = dit.cfg.time_shift  # sampled as it was trained
         # Read once, like the time shift (bench.bench_model wraps `dit` in a timer): whether
         # the model reads layout plans, and its grid of fine tokens.
@@ -109,7 +127,10 @@ class Sampler:
         """`start` = (clean latents, t0): begin at t0 from those latents noised, not at t=1
         (evaluate.shape_time_probe: at which flow time is a shape decided)."""
         gw, gh = grid_for(spec.width, spec.height)
-        cond = self.conditions(spec, refs, gw, gh)  # steps 1-2
+        scene = self.plan(spec, refs)  # step 1
+        cond = self.conditions(spec, scene, gw, gh)  # steps 1-2
+        late = self.expert_rows(spec, scene, gw, gh)
+        late_from = self.expert.cfg.t_switch if self.expert is not None else 0.0
         rows = cond.text.shape[0]
         refs_r = [r.expand(rows, -1, -1, -1) for r in refs]
         # Step 4: seeded noise.
@@ -123,19 +144,23 @@ class Sampler:
         # Step 5: Euler integration of dx/dt = v, guided: v = v_u + g (v_c - v_u).
         g = guidance_or_default(spec.guidance)
         for i in range(spec.steps):
-            t = ts[i].expand(rows)
-            v = self.dit(x.expand(rows, -1, -1, -1), t, cond.text, cond.mask, refs_r, cond.layout)
-            vc, vu = self.composite(v[:-1], cond.regions), v[-1:]
-            x = x + (ts[i + 1] - ts[i]) * (vu + g * (vc - vu))
+            if late is not None and ts[i] <= late_from:
+                # The expert's clean latents, as the velocity towards them from x at ts[i]
+                # (the flow is a straight line from data to noise).
+                v = (x - self.expert_latents(x, ts[i], late, g)) / ts[i]
+            else:
+                t = ts[i].expand(rows)
+                r = x.expand(rows, -1, -1, -1)
+                v = self.dit(r, t, cond.text, cond.mask, refs_r, cond.layout)
+                vc, vu = self.composite(v[:-1], cond.regions), v[-1:]
+                v = vu + g * (vc - vu)
+            x = x + (ts[i + 1] - ts[i]) * v
             on_step()
         return x
 
-    def conditions(
-        self, spec: SampleSpec, refs: list[torch.Tensor], gw: int, gh: int
-    ) -> Conditions:
+    def conditions(self, spec: SampleSpec, scene: Scene | None, gw: int, gh: int) -> Conditions:
         """Steps 1-2: the rows of one batched forward per step: the prompt (a plan split into
         regions: each region's prompt instead), and the no-prompt condition last."""
-        scene = self.plan(spec, refs)
         grid = (gw * self.dit_cfg.split, gh * self.dit_cfg.split)
         parts = regions(scene) if scene is not None else []
         # Regions that hold every object draw every token between them (each region's prompt
@@ -163,6 +188,31 @@ class Sampler:
         if not parts:
             return Conditions(text, mask, layout, None)
         return Conditions(text, mask, layout, owners(parts, grid, whole))
+
+    def expert_rows(
+        self, spec: SampleSpec, scene: Scene | None, gw: int, gh: int
+    ) -> ExpertRows | None:
+        """The expert's two rows for a planned image; None without an expert or a plan."""
+        if self.expert is None or scene is None:
+            return None
+        p = self.ae.cfg.patch  # latent pixels per token side
+        states, mask = self.text([spec.prompt])
+        pooled = torch.cat([pool_text(states, mask), torch.zeros(1, states.shape[-1])])
+        objs = list(scene.objects)
+        layout = layout_map([objs], (gw * p, gh * p), phrase_vectors(self.text, map(phrase, objs)))
+        return ExpertRows(pooled, torch.cat([layout, torch.zeros_like(layout)]))
+
+    def expert_latents(
+        self, x: torch.Tensor, t: torch.Tensor, rows: ExpertRows, g: float
+    ) -> torch.Tensor:
+        """The expert's guided clean latents for x (1, C, gh, gw) tokens at flow time t."""
+        assert self.expert is not None
+        p = self.ae.cfg.patch
+        xp = F.pixel_shuffle(x, p).expand(2, -1, -1, -1)  # (2, latent_ch, 4gh, 4gw)
+        x0 = self.expert(xp, t.expand(2), rows.pooled, rows.layout)
+        # Guided as the transformer is: on a straight flow, guiding the clean latents is
+        # guiding the velocity towards them.
+        return F.pixel_unshuffle(x0[1:] + g * (x0[:1] - x0[1:]), p)
 
     def composite(self, v: torch.Tensor, regions: torch.Tensor | None) -> torch.Tensor:
         """(1, C, gh, gw): each fine token from the conditional row that owns it (all from

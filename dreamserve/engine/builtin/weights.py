@@ -1,4 +1,7 @@
-"""Shipped weights: safetensors (fp16) + config.json in dreamserve/engine/builtin/weights/."""
+"""Shipped weights: safetensors (fp16) + config.json in dreamserve/engine/builtin/weights/.
+
+The low-noise expert (expert.py) is optional: expert.safetensors and config.json's "expert"
+block when a weights directory has one (`dreamserve train-expert`), none otherwise."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from dreamserve.engine.builtin.autoencoder import AEConfig, AutoEncoder
 from dreamserve.engine.builtin.dit import DiT, DiTConfig
+from dreamserve.engine.builtin.expert import Expert, ExpertConfig
 from dreamserve.engine.builtin.upscaler import SRConfig, Upscaler
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
@@ -24,22 +28,34 @@ class Models:
     dit: DiT  # the EMA weights: what samples
     sr: Upscaler
     meta: dict[str, Any]  # provenance: steps, seed, training time, commit
+    expert: Expert | None = None  # the EMA weights; None: the transformer draws every step
 
 
 def export(models: Models, dest: Path = PACKAGE_WEIGHTS) -> None:
     """Write one fp16 safetensors file per model and config.json (configs + provenance)."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name, model in (("ae", models.ae), ("dit", models.dit), ("sr", models.sr)):
+    parts: list[tuple[str, torch.nn.Module]] = [
+        ("ae", models.ae),
+        ("dit", models.dit),
+        ("sr", models.sr),
+    ]
+    if models.expert is not None:
+        parts.append(("expert", models.expert))
+    for name, model in parts:
         save_file(
             {k: v.detach().cpu().half().contiguous() for k, v in model.state_dict().items()},
             str(dest / f"{name}.safetensors"),
         )
-    config = {
+    config: dict[str, Any] = {
         "ae": models.ae.cfg.to_dict(),
         "dit": models.dit.cfg.to_dict(),
         "sr": models.sr.cfg.to_dict(),
         "meta": models.meta,
     }
+    if models.expert is not None:
+        config["expert"] = models.expert.cfg.to_dict()
+    else:
+        (dest / "expert.safetensors").unlink(missing_ok=True)  # not a stale one beside it
     (dest / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -59,4 +75,9 @@ def load(src: Path = PACKAGE_WEIGHTS) -> Models:
     sr = Upscaler(SRConfig.from_dict(config["sr"]))
     for name, model in (("ae", ae), ("dit", dit), ("sr", sr)):
         _load_into(model, src / f"{name}.safetensors")
-    return Models(ae.eval(), dit.eval(), sr.eval(), config.get("meta", {}))
+    expert = None
+    if "expert" in config:
+        expert = Expert(ExpertConfig(**config["expert"]))
+        _load_into(expert, src / "expert.safetensors")
+        expert.eval()
+    return Models(ae.eval(), dit.eval(), sr.eval(), config.get("meta", {}), expert)

@@ -111,7 +111,7 @@ def test_the_sampler_plans_text_to_image_prompts_it_can_read(enc: TextEncoder) -
     assert s.plan(SampleSpec("a portrait of a cat", 3, 64, 64), []) is None
     assert s.plan(SampleSpec(spec.prompt, 3, 64, 64, plan=False), []) is None
     assert s.plan(spec, [torch.zeros(1, 4, 4, 4)]) is None  # inputs say where
-    c = s.conditions(spec, [], 4, 4)
+    c = s.conditions(spec, scene, 4, 4)
     assert c.layout is not None and c.layout.shape == (2, LAYOUT_DIM, 4, 4)
     assert float(c.layout[-1].abs().sum()) == 0.0  # no plan for the no-prompt row
     assert c.regions is None  # one phrase: nothing to split
@@ -162,7 +162,7 @@ def test_regions_that_hold_every_object_draw_every_token_without_the_whole_promp
     spec = SampleSpec("a red star above a blue circle on a grass field", 3, 128, 128, steps=2)
     scene = s.plan(spec, [])
     assert scene is not None
-    c = s.conditions(spec, [], 8, 8)
+    c = s.conditions(spec, scene, 8, 8)
     # Two regions and the no-prompt row: the whole prompt's row is not run (batch 3, not 4).
     assert c.text.shape[0] == 3 and c.layout is not None and c.regions is not None
     whole_tokens = int(s.text([spec.prompt])[1].sum())
@@ -191,7 +191,7 @@ def test_past_three_phrases_the_whole_prompt_draws_what_the_regions_leave(
     spec = SampleSpec("a red circle, a blue square, a green star and a pink heart", 4, 128, 128)
     scene = s.plan(spec, [])
     assert scene is not None and not covers_all(scene, regions(scene))
-    c = s.conditions(spec, [], 8, 8)
+    c = s.conditions(spec, scene, 8, 8)
     assert c.text.shape[0] == 5 and c.regions is not None  # prompt, 3 regions, no prompt
     assert c.regions.shape == (4, 1, 8, 8) and bool((c.regions.sum(0) == 1).all())
     heart = next(o for o in scene.objects if o.shape == "heart")

@@ -1,0 +1,144 @@
+"""The expert: a small U-Net over the latent pixels that finishes a planned image.
+
+Why (MODEL_CARD.md, sessions 29-35): the transformer places, colours and sizes objects, and
+draws flowers, hexagons and suns as discs. Those shapes light up the same fine tokens as a
+circle of their size; their outlines run inside the edge tokens, which the transformer
+writes through one linear layer per token, and even from renders noised only to t = 0.3 it
+smooths them. Neither more of those shapes in training, an outline-weighted loss, a
+convolutional head grown onto the transformer nor classifier guidance drew one more of
+them. eDiff-I (Balaji et al., 2022) and SDXL's refiner split the flow between models: the
+late steps decide detail, not layout. Here the steps from `ExpertConfig.t_switch` on go to a
+network built for detail: 3x3 convolutions at the autoencoder's latent pixels (4x4 pixels
+of a 128-pixel frame), two levels down so a large object's whole outline is in view, each
+latent pixel told which phrase ("red flower") its planned box carries, as the transformer
+is told per token. It predicts the clean latents; trained on renders whose objects are
+often drawn as circles (expert_train.py), it is taught to draw the shape the phrase names
+rather than the one the transformer handed it.
+
+It runs only where a layout plan is (text-to-image prompts the grammar reads); edits and
+references keep the transformer to the end, and weights without an expert sample as before.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dreamserve.engine.builtin.dit import LAYOUT_DIM
+from dreamserve.engine.builtin.textenc import TEXT_DIM
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    latent_ch: int = 8  # the autoencoder's channels per latent pixel
+    width: int = 64  # channels at the latent pixels; x2 at each level below
+    levels: int = 3  # latent pixels, /2, /4: a large object (11 latent pixels) in one view
+    blocks: int = 2  # residual blocks per level, on the way down and on the way up
+    emb: int = 256  # the flow time and the pooled prompt, read by every block
+    # The flow time (the DiT's, shifted) from which the expert finishes the image: step 8 of
+    # the sampler's 10, where the transformer has placed and coloured every object.
+    t_switch: float = 0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm, SiLU, 3x3 conv, twice; the second norm scaled and shifted by the embedding."""
+
+    def __init__(self, c_in: int, c_out: int, emb: int) -> None:
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(8, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm2, self.conv2 = nn.GroupNorm(8, c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.film = nn.Linear(emb, 2 * c_out)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(e)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        return self.skip(x) + self.conv2(F.silu(h))
+
+
+class Stack(nn.Module):
+    """Residual blocks in a row, each reading the embedding."""
+
+    def __init__(self, blocks: list[ResBlock]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            h = block(h, e)
+        return h
+
+
+def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """(B,) flow times in [0, 1] -> (B, dim) sinusoids."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+    args = 1000.0 * t[:, None].float() * freqs[None]
+    return torch.cat([args.sin(), args.cos()], dim=1)
+
+
+class Expert(nn.Module):
+    def __init__(self, cfg: ExpertConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w = [cfg.width * min(2**k, 2) for k in range(cfg.levels)]  # 64, 128, 128
+        self.time = nn.Sequential(nn.Linear(128, cfg.emb), nn.SiLU(), nn.Linear(cfg.emb, cfg.emb))
+        self.text = nn.Linear(TEXT_DIM, cfg.emb)
+        self.stem = nn.Conv2d(cfg.latent_ch, w[0], 3, padding=1)
+        # The plan per latent pixel; each level below reads it again, pooled to its size.
+        self.plan = nn.ModuleList(nn.Conv2d(LAYOUT_DIM, c, 1) for c in w)
+        self.down = nn.ModuleList()
+        self.pool = nn.ModuleList()
+        for k, c in enumerate(w):
+            self.down.append(Stack([ResBlock(c, c, cfg.emb) for _ in range(cfg.blocks)]))
+            if k:  # into level k: a strided conv from the level above
+                self.pool.append(nn.Conv2d(w[k - 1], c, 3, stride=2, padding=1))
+        self.up = nn.ModuleList()
+        for k in reversed(range(cfg.levels - 1)):
+            c = w[k]
+            first = ResBlock(w[k + 1] + c, c, cfg.emb)  # upsampled deeper level + the skip
+            rest = [ResBlock(c, c, cfg.emb) for _ in range(cfg.blocks - 1)]
+            self.up.append(Stack([first, *rest]))
+        self.out_norm = nn.GroupNorm(8, w[0])
+        self.out = nn.Conv2d(w[0], cfg.latent_ch, 3, padding=1)
+        nn.init.zeros_(self.out.weight)  # a new expert predicts zeros (the latents' mean)
+        assert self.out.bias is not None
+        nn.init.zeros_(self.out.bias)
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, pooled: torch.Tensor, layout: torch.Tensor
+    ) -> torch.Tensor:
+        """x: (B, latent_ch, H, W) noisy latent pixels (H, W divisible by 2^(levels-1));
+        t: (B,) flow times; pooled: (B, TEXT_DIM) the prompt's unit MiniLM vector (zeros:
+        no prompt); layout: (B, LAYOUT_DIM, H, W) the plan per latent pixel (zeros: none).
+        Returns the clean latent pixels it predicts, (B, latent_ch, H, W)."""
+        e = F.silu(self.time(time_embedding(t, 128)) + self.text(pooled))  # (B, emb)
+        h = self.stem(x) + self.plan[0](layout)  # (B, w0, H, W)
+        skips = []
+        for k, level in enumerate(self.down):
+            if k:
+                h = self.pool[k - 1](h) + self.plan[k](F.avg_pool2d(layout, 2**k))
+            h = level(h, e)
+            skips.append(h)
+        h = skips.pop()  # the deepest level
+        for level in self.up:
+            s = skips.pop()  # (B, c, 2h, 2w)
+            h = F.interpolate(h, size=s.shape[-2:], mode="nearest")
+            h = level(torch.cat([h, s], dim=1), e)
+        return self.out(F.silu(self.out_norm(h)))
+
+
+def pool_text(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, L, TEXT_DIM) MiniLM states and (B, L) mask -> (B, TEXT_DIM) unit vectors, pooled as
+    the sentence-transformers model this encoder comes from pools (layout.phrase_vectors)."""
+    m = mask.float()[..., None]
+    return F.normalize((states * m).sum(1) / m.sum(1).clamp(min=1.0), dim=-1)

@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+from dreamserve.engine.builtin.autoencoder import AutoEncoder
+from dreamserve.engine.builtin.dit import LAYOUT_DIM, DiT
+from dreamserve.engine.builtin.expert import Expert, ExpertConfig, pool_text, time_embedding
+from dreamserve.engine.builtin.sample import Sampler, SampleSpec, time_grid
+from dreamserve.engine.builtin.textenc import TEXT_DIM, TextEncoder
+from dreamserve.engine.builtin.train_config import CONFIGS
+from dreamserve.engine.builtin.upscaler import Upscaler
+
+TINY = CONFIGS["tiny"]
+
+SMALL = ExpertConfig(width=16, emb=32)
+
+
+def _inputs(b: int, h: int, w: int) -> tuple[torch.Tensor, ...]:
+    return (
+        torch.randn(b, 8, h, w),
+        torch.rand(b),
+        torch.randn(b, TEXT_DIM),
+        torch.randn(b, LAYOUT_DIM, h, w),
+    )
+
+
+def test_a_new_expert_predicts_zeros() -> None:
+    # Its last convolution starts at zero, as adaLN-Zero does: training starts from the
+    # latents' mean (the autoencoder scales them to about zero mean, unit variance).
+    v = Expert(SMALL)(*_inputs(2, 32, 32))
+    assert v.shape == (2, 8, 32, 32) and float(v.abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("grid", [(8, 8), (9, 7), (11, 6), (12, 5)])
+def test_it_draws_every_aspect_ratio_s_latent_grid(grid: tuple[int, int]) -> None:
+    gw, gh = grid  # data.GRIDS: 4x4 latent pixels per token, so /2 twice always divides
+    torch.manual_seed(0)
+    net = Expert(SMALL)
+    torch.nn.init.normal_(net.out.weight, std=0.1)
+    v = net(*_inputs(1, 4 * gh, 4 * gw))
+    assert v.shape == (1, 8, 4 * gh, 4 * gw) and float(v.abs().mean()) > 0
+
+
+def test_the_plan_reaches_the_velocity_where_it_is() -> None:
+    torch.manual_seed(0)
+    net = Expert(SMALL)
+    torch.nn.init.normal_(net.out.weight, std=0.1)
+    x, t, pooled, layout = _inputs(1, 32, 32)
+    other = layout.clone()
+    other[..., 20:, 20:] += 1.0  # another phrase in one corner's box
+    with torch.no_grad():
+        a, b = net(x, t, pooled, layout), net(x, t, pooled, other)
+    diff = (a - b).abs().sum(1)[0]
+    # GroupNorm statistics and the levels below carry some of it everywhere, far less.
+    assert float(diff[22:, 22:].mean()) > 4 * float(diff[:6, :6].mean())
+
+
+def test_text_is_pooled_over_its_tokens_only_to_unit_length() -> None:
+    states = torch.zeros(1, 3, TEXT_DIM)
+    states[0, 0, 0], states[0, 1, 1], states[0, 2, 2] = 2.0, 2.0, 99.0
+    mask = torch.tensor([[True, True, False]])
+    p = pool_text(states, mask)
+    assert torch.allclose(p[0, :3], torch.tensor([0.5**0.5, 0.5**0.5, 0.0]))
+    assert time_embedding(torch.tensor([0.0, 0.5]), 16).shape == (2, 16)
+
+
+class Counting(Expert):
+    """The expert, recording the flow time of every call."""
+
+    def __init__(self, cfg: ExpertConfig) -> None:
+        super().__init__(cfg)
+        self.times: list[float] = []
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        self.times.append(float(t[0]))
+        return super().forward(x, t, *rest)
+
+
+def test_the_sampler_hands_a_planned_image_s_last_steps_to_the_expert() -> None:
+    torch.manual_seed(0)
+    dit = DiT(TINY.dit)
+    ex = Counting(ExpertConfig(latent_ch=TINY.ae.latent_ch, width=16, emb=32))
+    enc = TextEncoder()
+    s = Sampler(AutoEncoder(TINY.ae).eval(), dit.eval(), Upscaler(TINY.sr).eval(), enc, ex)
+    planned = SampleSpec("a red star on a plain white background", 3, 64, 64, steps=6)
+    grid = time_grid(6, dit.cfg.time_shift)
+    steps: list[int] = []
+    s(planned, [], lambda: steps.append(1))
+    # Every step at or below the switch; the transformer drew the ones before.
+    assert ex.times == [float(t) for t in grid[:-1] if t <= ex.cfg.t_switch]
+    assert 0 < len(ex.times) < 6 and len(steps) == 6
+    ex.times.clear()
+    s(SampleSpec("a portrait of a cat", 3, 64, 64, steps=6), [], lambda: None)
+    s(SampleSpec(planned.prompt, 3, 64, 64, steps=6, plan=False), [], lambda: None)
+    assert ex.times == []  # no plan: the transformer to the end
+    rows = s.expert_rows(planned, s.plan(planned, []), 4, 4)  # the tiny AE: patch 1
+    assert rows is not None and rows.layout.shape == (2, LAYOUT_DIM, 4, 4)
+    assert float(rows.layout[1].abs().sum()) == 0.0 and float(rows.pooled[1].abs().sum()) == 0.0
+    assert float(rows.layout[0, -1].min()) == 1.0  # "a plan is given" on every latent pixel
