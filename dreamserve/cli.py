@@ -1,4 +1,4 @@
-"""The `dreamserve` command: serve, worker, generate, keys, train, eval.
+"""The `dreamserve` command: serve, worker, generate, keys, train, train-expert, eval.
 
 Each command imports its implementation lazily, so `serve` (the API process) never loads
 torch and `--help` stays fast.
@@ -174,6 +174,26 @@ def train(
     raise typer.Exit(code)
 
 
+@app.command("train-expert")
+def train_expert(
+    minutes: Annotated[float, typer.Option(min=0.1, help="How long to train.")],
+    out: Annotated[Path, typer.Option(help="Run directory (resumes out/expert.pt).")] = Path(
+        "runs/expert"
+    ),
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="Weights directory whose autoencoder it learns (default: shipped)."),
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 1e-3).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, or cuda to train on a GPU.")] = "cpu",
+) -> None:
+    """Train the low-noise expert, which draws a planned image's last steps; exports
+    out/weights/ (the source weights with the expert)."""
+    from dreamserve.engine.builtin.expert_train import main as expert_main
+
+    raise typer.Exit(expert_main(out, minutes, weights, lr, device))
+
+
 def _block_pair(text: str | None) -> tuple[int, int] | None:
     """`--decoder-blocks 3,2` -> (3, 2); anything else is a usage error naming the rule."""
     if text is None:
@@ -216,6 +236,13 @@ def evaluate(
             " (the default, as served); --no-keep scores the decoded latents alone."
         ),
     ] = True,
+    expert: Annotated[
+        bool,
+        typer.Option(
+            help="A planned image's low-noise steps drawn by the weights' expert, if they"
+            " have one (the default, as served); --no-expert: the transformer's to the end."
+        ),
+    ] = True,
 ) -> None:
     """Score the model on held-out prompts with the automatic checker."""
     from dreamserve.engine.builtin.evaluate import main as eval_main
@@ -228,6 +255,7 @@ def evaluate(
         draw=draw,
         plan=plan,
         keep=keep,
+        expert=expert,
     )
     raise typer.Exit(code)
 

@@ -1,0 +1,246 @@
+"""`dreamserve train-expert`: the low-noise expert (expert.py), trained alone.
+
+It learns to finish a planned text-to-image scene from the middle of the flow: given the
+latents of a render noised to t (`ExpertTrainConfig.t_range`), the prompt and the plan, the
+clean latents of the scene. Half the objects of the noised render are drawn as circles
+(`circle_share`), the shape the transformer draws for flowers, hexagons and suns, so the
+expert learns to draw the shape the plan's phrase names, not the one it is handed. Latents
+come from the autoencoder of the weights it is trained for, frozen: the expert draws
+latents that decoder reads. out/expert.pt carries the expert, its EMA, the optimiser and
+the counters, so a run resumes; every save also writes out/weights/, the source weights
+with the expert's EMA added, in the shipped format.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dreamserve.engine.builtin import weights
+from dreamserve.engine.builtin.autoencoder import AutoEncoder
+from dreamserve.engine.builtin.data import (
+    GRIDS,
+    Pools,
+    build_pools,
+    object_masks,
+    render_batch,
+    sample_batch,
+)
+from dreamserve.engine.builtin.expert import Expert, ExpertConfig, pool_text
+from dreamserve.engine.builtin.layout import layout_map
+from dreamserve.engine.builtin.render import Obj
+from dreamserve.engine.builtin.train_config import TrainConfig
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ExpertTrainConfig:
+    model: ExpertConfig = field(default_factory=ExpertConfig)
+    seed: int = 0  # torch's: the expert's first weights, flow times, noise, dropped prompts
+    stream_seed: int = 77  # the batches' (scenes and captions), plus the steps done
+    lr: float = 1e-3  # peak; 50 steps of warm-up, cosine to a tenth over the run's minutes
+    batch: int = 16
+    # Half text-to-image captions (every kind: singles, relations, counts), half one large or
+    # medium object (data.Pools.shapes), where outlines are the most to learn.
+    kinds: tuple[str, ...] = ("t2i", "shape")
+    t_range: tuple[float, float] = (0.3, 0.7)  # flow times drawn uniformly, around the switch
+    circle_share: float = 0.5  # objects of the noised render drawn as circles
+    drop: float = 0.1  # prompt and plan dropped together: the no-prompt row of guidance
+    object_weight: float = 10.0  # loss weight of object latent pixels (as train.dit_loss)
+    ckpt_minutes: float = 4.0
+    threads: int = 2
+    device: str = "cpu"  # "cuda": the same run on a GPU (`--device cuda`)
+
+
+@dataclass
+class ExpertState:
+    cfg: ExpertTrainConfig
+    net: Expert
+    ema: Expert
+    opt: torch.optim.Optimizer
+    step: int = 0
+    seconds: float = 0.0
+
+
+def new_state(cfg: ExpertTrainConfig) -> ExpertState:
+    torch.manual_seed(cfg.seed)
+    net = Expert(cfg.model).to(cfg.device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
+    return ExpertState(cfg, net, copy.deepcopy(net).requires_grad_(False), opt)
+
+
+def save(state: ExpertState, out: Path) -> None:
+    blob = {
+        "config": asdict(state.cfg),
+        "net": state.net.state_dict(),
+        "ema": state.ema.state_dict(),
+        "opt": state.opt.state_dict(),
+        "step": state.step,
+        "seconds": state.seconds,
+    }
+    tmp = out / "expert.pt.tmp"
+    torch.save(blob, tmp)
+    tmp.replace(out / "expert.pt")  # atomic, as checkpoint.save
+
+
+def load(path: Path, want: ExpertTrainConfig) -> ExpertState:
+    """The saved expert (its model config kept), trained the way `want` says."""
+    blob = torch.load(path, weights_only=False, map_location="cpu")
+    saved = dict(blob["config"])
+    model = ExpertConfig(**saved["model"])
+    state = new_state(ExpertTrainConfig(**{**asdict(want), "model": model}))
+    state.cfg.model = model
+    state.net.load_state_dict(blob["net"])
+    state.ema.load_state_dict(blob["ema"])
+    state.opt.load_state_dict(blob["opt"])
+    state.step, state.seconds = int(blob["step"]), float(blob["seconds"])
+    return state
+
+
+@dataclass
+class FixBatch:
+    target: torch.Tensor  # (B, 3, 16gh, 16gw) the scenes as captioned
+    source: torch.Tensor  # the same scenes, `circle_share` of their objects as circles
+    objects: torch.Tensor  # (B, 1, 16gh, 16gw) 1 on the target's objects
+    plans: list[tuple[Obj, ...]]
+    texts: list[str]
+
+
+def fix_batch(pools: Pools, cfg: ExpertTrainConfig, rnd: random.Random) -> FixBatch:
+    """A batch of one kind and aspect ratio (as stream.draw draws them), rendered twice."""
+    gw, gh = GRIDS["1:1" if rnd.random() < 0.5 else rnd.choice(list(GRIDS))]
+    b = sample_batch(pools, rnd.choice(cfg.kinds), cfg.batch, rnd)
+    source = [
+        replace(
+            scene,
+            objects=tuple(
+                replace(o, shape="circle") if rnd.random() < cfg.circle_share else o
+                for o in scene.objects
+            ),
+        )
+        for scene in b.target
+    ]
+    return FixBatch(
+        render_batch(b.target, gw, gh),
+        render_batch(source, gw, gh),
+        object_masks(b.target, gw, gh),
+        [scene.objects for scene in b.target],
+        b.texts,
+    )
+
+
+def expert_loss(
+    net: Expert, ae: AutoEncoder, batch: FixBatch, pools: Pools, cfg: ExpertTrainConfig
+) -> torch.Tensor:
+    """MSE of the predicted clean latent pixels, object pixels weighted `object_weight` times."""
+    dev = torch.device(cfg.device)
+    with torch.no_grad():
+        x0 = F.pixel_shuffle(ae.encode(batch.target.to(dev)), ae.cfg.patch)  # (B, ch, H, W)
+        src = F.pixel_shuffle(ae.encode(batch.source.to(dev)), ae.cfg.patch)
+    B, _, H, W = x0.shape
+    layout = layout_map(batch.plans, (W, H), pools.phrases).to(dev)  # (B, LAYOUT_DIM, H, W)
+    states, mask = pools.text_batch(batch.texts)
+    pooled = pool_text(states, mask).to(dev)
+    drop = torch.rand(B, device=dev) < cfg.drop
+    layout[drop], pooled[drop] = 0.0, 0.0
+    lo, hi = cfg.t_range
+    t = lo + (hi - lo) * torch.rand(B, device=dev)
+    noise = torch.randn_like(x0)
+    xt = (1 - t)[:, None, None, None] * src + t[:, None, None, None] * noise
+    err = net(xt, t, pooled, layout) - x0
+    on = F.max_pool2d(batch.objects.to(dev), batch.objects.shape[-1] // W)  # any object px
+    w = 1.0 + (cfg.object_weight - 1.0) * on
+    return (w * err.pow(2)).mean() / w.mean()
+
+
+def train(
+    state: ExpertState, ae: AutoEncoder, pools: Pools, minutes: float, out: Path, log: Log
+) -> None:
+    cfg = state.cfg
+    rnd = random.Random(cfg.stream_seed + state.step)
+    budget, start = minutes * 60, time.monotonic()
+    last_log = last_ckpt = start
+    n, avg = 0, 0.0
+    bar = tqdm(total=round(minutes, 1), unit="min", desc="expert", disable=None, leave=False)
+    while (now := time.monotonic()) < start + budget:
+        frac = (now - start) / budget
+        lr = cfg.lr * min(1.0, (n + 1) / 50) * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
+        for g in state.opt.param_groups:
+            g["lr"] = lr
+        loss = expert_loss(state.net, ae, fix_batch(pools, cfg, rnd), pools, cfg)
+        state.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(state.net.parameters(), 1.0)
+        state.opt.step()
+        decay = min(0.998, (1 + state.step) / (10 + state.step))
+        with torch.no_grad():
+            ema: list[torch.Tensor] = list(state.ema.parameters())
+            torch._foreach_lerp_(ema, list(state.net.parameters()), 1 - decay)
+        n, state.step = n + 1, state.step + 1
+        avg = loss.item() if n == 1 else 0.98 * avg + 0.02 * loss.item()
+        if now - last_log > 30:
+            rate = n * cfg.batch / (now - start)
+            log(f"expert step {state.step} lr {lr:.1e} loss {avg:.4f} | {rate:.1f} samples/s")
+            bar.update(round((now - start) / 60, 1) - bar.n)
+            last_log = now
+        if now - last_ckpt > cfg.ckpt_minutes * 60:
+            state.seconds += now - last_ckpt
+            save(state, out)
+            last_ckpt = now
+    state.seconds += time.monotonic() - last_ckpt
+    bar.close()
+
+
+def main(
+    out: Path,
+    minutes: float,
+    source: Path | None = None,
+    lr: float | None = None,
+    device: str = "cpu",
+) -> int:
+    """Train the expert for `minutes` against `source`'s autoencoder (default: the shipped
+    weights), resuming from out/expert.pt when there is one; export out/weights/."""
+    src = source or weights.PACKAGE_WEIGHTS
+    if not weights.available(src):
+        print(f"no weights in {src}: train the model first (`dreamserve train`)")
+        return 2
+    if lr is not None and not 0 < lr <= 1e-2:
+        print(f"--lr {lr:g}: the peak learning rate must be above 0 and at most 1e-2")
+        return 2
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"--device {device}: torch sees no CUDA device here; train on cpu")
+        return 2
+    want = ExpertTrainConfig(device=device)
+    want.lr = want.lr if lr is None else lr
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "expert.pt"
+    state = load(ckpt, want) if ckpt.exists() else new_state(want)
+    torch.set_num_threads(state.cfg.threads)
+    models = weights.load(src)
+    models.ae.to(state.cfg.device)
+    base = TrainConfig()  # the caption pools every model here trains on
+    seed = int(models.meta.get("seed", base.seed))
+    pools = build_pools(seed, base.pool_t2i, base.pool_edit, base.pool_ref, out / "cache")
+
+    def log(msg: str) -> None:
+        tqdm.write(f"[{time.strftime('%H:%M:%S')}] {msg}")
+
+    train(state, models.ae, pools, minutes, out, log)
+    save(state, out)
+    meta: dict[str, Any] = {**models.meta, "expert_steps": state.step}
+    meta["expert_seconds"] = round(state.seconds, 1)
+    ship = weights.Models(models.ae.cpu(), models.dit, models.sr, meta, state.ema.cpu())
+    weights.export(ship, out / "weights")
+    log(f"done: expert step {state.step}, {state.seconds / 60:.1f} min in all")
+    return 0

@@ -1,0 +1,82 @@
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from dreamserve.engine.builtin import weights
+from dreamserve.engine.builtin.autoencoder import AutoEncoder
+from dreamserve.engine.builtin.data import build_pools
+from dreamserve.engine.builtin.dit import DiT
+from dreamserve.engine.builtin.expert import ExpertConfig
+from dreamserve.engine.builtin.expert_train import (
+    ExpertTrainConfig,
+    expert_loss,
+    fix_batch,
+    load,
+    main,
+    new_state,
+    save,
+    train,
+)
+from dreamserve.engine.builtin.train_config import CONFIGS
+from dreamserve.engine.builtin.upscaler import Upscaler
+
+CFG = ExpertTrainConfig(model=ExpertConfig(width=16, emb=32), batch=4, ckpt_minutes=0.01)
+
+
+def test_a_short_run_trains_saves_resumes_and_ships_its_ema(tmp_path: Path) -> None:
+    pools = build_pools(7, 40, 8, 6, tmp_path / "cache", log=lambda _: None)
+    ae = AutoEncoder(CONFIGS["default"].ae).eval()
+    state = new_state(CFG)
+    before = [p.clone() for p in state.ema.parameters()]
+    train(state, ae, pools, 0.05, tmp_path, log=lambda _: None)
+    assert state.step > 1 and (tmp_path / "expert.pt").exists()  # saved during the run
+    moved = [not torch.equal(a, b) for a, b in zip(before, state.ema.parameters(), strict=True)]
+    assert any(moved)
+    save(state, tmp_path)
+    again = load(tmp_path / "expert.pt", ExpertTrainConfig(lr=5e-4))
+    assert again.step == state.step and again.cfg.lr == 5e-4  # the schedule from now on
+    assert again.cfg.model == CFG.model  # the model as saved
+    for a, b in zip(state.ema.parameters(), again.ema.parameters(), strict=True):
+        assert torch.equal(a, b)
+    loss = expert_loss(
+        again.net, ae, fix_batch(pools, again.cfg, random.Random(0)), pools, again.cfg
+    )
+    assert loss.ndim == 0 and float(loss) > 0
+    # Shipped with the other models, and read back as they are (fp16 on disk).
+    tiny = CONFIGS["tiny"]
+    models = weights.Models(ae, DiT(tiny.dit), Upscaler(tiny.sr), {}, state.ema)
+    weights.export(models, tmp_path / "weights")
+    back = weights.load(tmp_path / "weights")
+    assert back.expert is not None and back.expert.cfg == CFG.model
+    for a, b in zip(state.ema.parameters(), back.expert.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
+    weights.export(weights.Models(ae, DiT(tiny.dit), Upscaler(tiny.sr), {}), tmp_path / "weights")
+    assert weights.load(tmp_path / "weights").expert is None
+    assert not (tmp_path / "weights" / "expert.safetensors").exists()  # no stale expert
+
+
+def test_a_batch_hands_the_expert_its_scenes_with_some_objects_drawn_as_circles(
+    tmp_path: Path,
+) -> None:
+    pools = build_pools(7, 40, 8, 6, tmp_path, log=lambda _: None)
+    rnd = random.Random(3)
+    every = replace(CFG, circle_share=1.0, kinds=("shape",), batch=6)
+    b = fix_batch(pools, every, rnd)
+    assert b.target.shape == b.source.shape and len(b.plans) == len(b.texts) == 6
+    assert any(o.shape != "circle" for p in b.plans for o in p)  # so redrawing shows
+    assert not torch.equal(b.target, b.source)
+    none = fix_batch(pools, replace(every, circle_share=0.0), random.Random(3))
+    assert torch.equal(none.target, none.source)  # nothing redrawn: the render itself
+
+
+def test_the_command_refuses_what_it_cannot_train_before_writing_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(tmp_path / "a", 1.0, source=tmp_path / "none") == 2
+    assert "no weights in" in capsys.readouterr().out
+    assert main(tmp_path / "b", 1.0, lr=0.5) == 2
+    assert "--lr 0.5: the peak learning rate must be above 0" in capsys.readouterr().out
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
