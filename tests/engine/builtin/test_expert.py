@@ -26,7 +26,8 @@ def _inputs(b: int, h: int, w: int) -> tuple[torch.Tensor, ...]:
 def test_a_new_expert_predicts_zeros() -> None:
     # Its last convolution starts at zero, as adaLN-Zero does: training starts from the
     # latents' mean (the autoencoder scales them to about zero mean, unit variance).
-    v = Expert(SMALL)(*_inputs(2, 32, 32))
+    with torch.no_grad():
+        v = Expert(SMALL)(*_inputs(2, 32, 32))
     assert v.shape == (2, 8, 32, 32) and float(v.abs().max()) == 0.0
 
 
@@ -36,7 +37,8 @@ def test_it_draws_every_aspect_ratio_s_latent_grid(grid: tuple[int, int]) -> Non
     torch.manual_seed(0)
     net = Expert(SMALL)
     torch.nn.init.normal_(net.out.weight, std=0.1)
-    v = net(*_inputs(1, 4 * gh, 4 * gw))
+    with torch.no_grad():
+        v = net(*_inputs(1, 4 * gh, 4 * gw))
     assert v.shape == (1, 8, 4 * gh, 4 * gw) and float(v.abs().mean()) > 0
 
 
