@@ -1,7 +1,8 @@
 """Shipped weights: safetensors (fp16) + config.json in dreamserve/engine/builtin/weights/.
 
-The low-noise expert (expert.py) is optional: expert.safetensors and config.json's "expert"
-block when a weights directory has one (`dreamserve train-expert`), none otherwise."""
+The expert for the last steps (expert.py) is optional: expert.safetensors and config.json's
+"expert" block when a weights directory has one (`dreamserve train-expert`), none otherwise.
+"""
 
 from __future__ import annotations
 
