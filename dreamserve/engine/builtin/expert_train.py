@@ -1,4 +1,4 @@
-"""`dreamserve train-expert`: the low-noise expert (expert.py), trained alone.
+"""`dreamserve train-expert`: the expert for a planned image's last steps (expert.py), alone.
 
 It learns to finish a planned text-to-image scene from the middle of the flow: given the
 latents of a render noised to t (`ExpertTrainConfig.t_range`), the prompt and the plan, the
@@ -6,9 +6,9 @@ clean latents of the scene. Half the objects of the noised render are drawn as c
 (`circle_share`), the shape the transformer draws for flowers, hexagons and suns, so the
 expert learns to draw the shape the plan's phrase names, not the one it is handed. Latents
 come from the autoencoder of the weights it is trained for, frozen: the expert draws
-latents that decoder reads. out/expert.pt carries the expert, its EMA, the optimiser and
-the counters, so a run resumes; every save also writes out/weights/, the source weights
-with the expert's EMA added, in the shipped format.
+latents that decoder reads. out/expert.pt (saved every `ckpt_minutes`) carries the expert,
+its EMA, the optimiser and the counters, so a run resumes; the end of a run writes
+out/weights/, the source weights with the expert's EMA added, in the shipped format.
 """
 
 from __future__ import annotations
