@@ -44,7 +44,7 @@ def test_a_short_run_trains_saves_resumes_and_ships_its_ema(tmp_path: Path) -> N
     loss = expert_loss(
         again.net, ae, fix_batch(pools, again.cfg, random.Random(0)), pools, again.cfg
     )
-    assert loss.ndim == 0 and float(loss) > 0
+    assert loss.ndim == 0 and float(loss.detach()) > 0
     # Shipped with the other models, and read back as they are (fp16 on disk).
     tiny = CONFIGS["tiny"]
     models = weights.Models(ae, DiT(tiny.dit), Upscaler(tiny.sr), {}, state.ema)
