@@ -135,10 +135,3 @@ class Expert(nn.Module):
             h = F.interpolate(h, size=s.shape[-2:], mode="nearest")
             h = level(torch.cat([h, s], dim=1), e)
         return self.out(F.silu(self.out_norm(h)))
-
-
-def pool_text(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, L, TEXT_DIM) MiniLM states and (B, L) mask -> (B, TEXT_DIM) unit vectors, pooled as
-    the sentence-transformers model this encoder comes from pools (layout.phrase_vectors)."""
-    m = mask.float()[..., None]
-    return F.normalize((states * m).sum(1) / m.sum(1).clamp(min=1.0), dim=-1)

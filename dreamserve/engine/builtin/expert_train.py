@@ -36,9 +36,10 @@ from dreamserve.engine.builtin.data import (
     render_batch,
     sample_batch,
 )
-from dreamserve.engine.builtin.expert import Expert, ExpertConfig, pool_text
+from dreamserve.engine.builtin.expert import Expert, ExpertConfig
 from dreamserve.engine.builtin.layout import layout_map
 from dreamserve.engine.builtin.render import Obj
+from dreamserve.engine.builtin.textenc import pool
 from dreamserve.engine.builtin.train_config import TrainConfig
 
 Log = Callable[[str], None]
@@ -151,7 +152,7 @@ def expert_loss(
     B, _, H, W = x0.shape
     layout = layout_map(batch.plans, (W, H), pools.phrases).to(dev)  # (B, LAYOUT_DIM, H, W)
     states, mask = pools.text_batch(batch.texts)
-    pooled = pool_text(states, mask).to(dev)
+    pooled = pool(states, mask).to(dev)
     drop = torch.rand(B, device=dev) < cfg.drop
     layout[drop], pooled[drop] = 0.0, 0.0
     lo, hi = cfg.t_range

@@ -32,7 +32,7 @@ from dreamserve.engine.builtin.captions import realize
 from dreamserve.engine.builtin.dit import LAYOUT_DIM
 from dreamserve.engine.builtin.prompts import background_words, noun_phrase, parse
 from dreamserve.engine.builtin.render import COLORS, SHAPES, Obj, Scene
-from dreamserve.engine.builtin.textenc import TextEncoder
+from dreamserve.engine.builtin.textenc import TextEncoder, pool
 
 
 def phrase(obj: Obj) -> str:
@@ -51,10 +51,7 @@ def phrase_vectors(encoder: TextEncoder, phrases: Iterable[str]) -> dict[str, to
     names = sorted(set(phrases))
     if not names:
         return {}
-    states, mask = encoder(names)  # (P, L, 384), (P, L)
-    m = mask.float()[..., None]
-    pooled = F.normalize((states * m).sum(1) / m.sum(1), dim=-1)  # (P, 384)
-    return dict(zip(names, pooled, strict=True))
+    return dict(zip(names, pool(*encoder(names)), strict=True))
 
 
 def plan(prompt: str, seed: int) -> Scene | None:

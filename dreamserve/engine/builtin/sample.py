@@ -28,7 +28,7 @@ from PIL import Image
 from dreamserve.engine.builtin.autoencoder import AutoEncoder
 from dreamserve.engine.builtin.data import PX, grid_for, to_tensor
 from dreamserve.engine.builtin.dit import DiT, from_fine, null_condition, shift_time, to_fine
-from dreamserve.engine.builtin.expert import Expert, pool_text
+from dreamserve.engine.builtin.expert import Expert
 from dreamserve.engine.builtin.keep import Kept, kept_latents, paste, paste_image, seams
 from dreamserve.engine.builtin.layout import (
     covers_all,
@@ -40,7 +40,7 @@ from dreamserve.engine.builtin.layout import (
     regions,
 )
 from dreamserve.engine.builtin.render import Scene
-from dreamserve.engine.builtin.textenc import TextEncoder
+from dreamserve.engine.builtin.textenc import TextEncoder, pool
 from dreamserve.engine.builtin.upscaler import Upscaler, upscale
 
 StepFn = Callable[[], None]  # called after every denoising step (progress + cancel check)
@@ -197,7 +197,7 @@ class Sampler:
             return None
         p = self.ae.cfg.patch  # latent pixels per token side
         states, mask = self.text([spec.prompt])
-        pooled = torch.cat([pool_text(states, mask), torch.zeros(1, states.shape[-1])])
+        pooled = torch.cat([pool(states, mask), torch.zeros(1, states.shape[-1])])
         objs = list(scene.objects)
         layout = layout_map([objs], (gw * p, gh * p), phrase_vectors(self.text, map(phrase, objs)))
         return ExpertRows(pooled, torch.cat([layout, torch.zeros_like(layout)]))

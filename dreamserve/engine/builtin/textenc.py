@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from dreamserve.engine.builtin.minilm import MiniLM
@@ -45,3 +46,11 @@ class TextEncoder:
         ids = torch.tensor([e.ids for e in enc])  # (B, L)
         mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.bool)
         return self.model(ids, mask).float(), mask
+
+
+def pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, L, TEXT_DIM) states and (B, L) mask -> (B, TEXT_DIM): the tokens' states averaged
+    and scaled to unit length, as the sentence-transformers model this encoder comes from
+    pools a sentence."""
+    m = mask.float()[..., None]
+    return F.normalize((states * m).sum(1) / m.sum(1).clamp(min=1.0), dim=-1)

@@ -3,7 +3,7 @@ import torch
 
 from dreamserve.engine.builtin.autoencoder import AutoEncoder
 from dreamserve.engine.builtin.dit import LAYOUT_DIM, DiT
-from dreamserve.engine.builtin.expert import Expert, ExpertConfig, pool_text, time_embedding
+from dreamserve.engine.builtin.expert import Expert, ExpertConfig, time_embedding
 from dreamserve.engine.builtin.sample import Sampler, SampleSpec, time_grid
 from dreamserve.engine.builtin.textenc import TEXT_DIM, TextEncoder
 from dreamserve.engine.builtin.train_config import CONFIGS
@@ -56,12 +56,7 @@ def test_the_plan_reaches_the_velocity_where_it_is() -> None:
     assert float(diff[22:, 22:].mean()) > 4 * float(diff[:6, :6].mean())
 
 
-def test_text_is_pooled_over_its_tokens_only_to_unit_length() -> None:
-    states = torch.zeros(1, 3, TEXT_DIM)
-    states[0, 0, 0], states[0, 1, 1], states[0, 2, 2] = 2.0, 2.0, 99.0
-    mask = torch.tensor([[True, True, False]])
-    p = pool_text(states, mask)
-    assert torch.allclose(p[0, :3], torch.tensor([0.5**0.5, 0.5**0.5, 0.0]))
+def test_flow_times_are_read_as_sinusoids() -> None:
     assert time_embedding(torch.tensor([0.0, 0.5]), 16).shape == (2, 16)
 
 

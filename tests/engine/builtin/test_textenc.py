@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dreamserve.engine.builtin.minilm import export_half
-from dreamserve.engine.builtin.textenc import MAX_TOKENS, TEXT_DIM, TextEncoder, model_dir
+from dreamserve.engine.builtin.textenc import MAX_TOKENS, TEXT_DIM, TextEncoder, model_dir, pool
 
 TEXTS = [
     "a red circle",
@@ -64,3 +64,11 @@ def test_an_fp16_copy_loads_through_the_override_and_agrees(
     states, mask = TextEncoder()(TEXTS)
     assert torch.equal(mask, ours[1])
     assert torch.allclose(states[mask], ours[0][mask], atol=0.05)
+
+
+def test_a_sentence_is_pooled_over_its_tokens_only_to_unit_length() -> None:
+    states = torch.zeros(1, 3, TEXT_DIM)
+    states[0, 0, 0], states[0, 1, 1], states[0, 2, 2] = 2.0, 2.0, 99.0
+    mask = torch.tensor([[True, True, False]])
+    p = pool(states, mask)
+    assert torch.allclose(p[0, :3], torch.tensor([0.5**0.5, 0.5**0.5, 0.0]))
