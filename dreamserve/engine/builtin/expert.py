@@ -21,7 +21,6 @@ references keep the transformer to the end, and weights without an expert sample
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dreamserve.engine.builtin.dit import LAYOUT_DIM
+from dreamserve.engine.builtin.dit import LAYOUT_DIM, timestep_embedding
 from dreamserve.engine.builtin.textenc import TEXT_DIM
 
 
@@ -78,14 +77,6 @@ class Stack(nn.Module):
         return h
 
 
-def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """(B,) flow times in [0, 1] -> (B, dim) sinusoids."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
-    args = 1000.0 * t[:, None].float() * freqs[None]
-    return torch.cat([args.sin(), args.cos()], dim=1)
-
-
 class Expert(nn.Module):
     def __init__(self, cfg: ExpertConfig) -> None:
         super().__init__()
@@ -121,7 +112,7 @@ class Expert(nn.Module):
         t: (B,) flow times; pooled: (B, TEXT_DIM) the prompt's unit MiniLM vector (zeros:
         no prompt); layout: (B, LAYOUT_DIM, H, W) the plan per latent pixel (zeros: none).
         Returns the clean latent pixels it predicts, (B, latent_ch, H, W)."""
-        e = F.silu(self.time(time_embedding(t, 128)) + self.text(pooled))  # (B, emb)
+        e = F.silu(self.time(timestep_embedding(t, 128)) + self.text(pooled))  # (B, emb)
         h = self.stem(x) + self.plan[0](layout)  # (B, w0, H, W)
         skips = []
         for k, level in enumerate(self.down):

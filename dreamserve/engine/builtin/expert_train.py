@@ -14,7 +14,6 @@ out/weights/, the source weights with the expert's EMA added, in the shipped for
 from __future__ import annotations
 
 import copy
-import math
 import random
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from dreamserve.engine.builtin.data import (
     sample_batch,
 )
 from dreamserve.engine.builtin.expert import Expert, ExpertConfig
+from dreamserve.engine.builtin.image_steps import cosine, ema_update, optimize
 from dreamserve.engine.builtin.layout import layout_map
 from dreamserve.engine.builtin.render import Obj
 from dreamserve.engine.builtin.textenc import pool
@@ -176,18 +176,10 @@ def train(
     bar = tqdm(total=round(minutes, 1), unit="min", desc="expert", disable=None, leave=False)
     while (now := time.monotonic()) < start + budget:
         frac = (now - start) / budget
-        lr = cfg.lr * min(1.0, (n + 1) / 50) * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
-        for g in state.opt.param_groups:
-            g["lr"] = lr
+        lr = cfg.lr * min(1.0, (n + 1) / 50) * cosine(frac)
         loss = expert_loss(state.net, ae, fix_batch(pools, cfg, rnd), pools, cfg)
-        state.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(state.net.parameters(), 1.0)
-        state.opt.step()
-        decay = min(0.998, (1 + state.step) / (10 + state.step))
-        with torch.no_grad():
-            ema: list[torch.Tensor] = list(state.ema.parameters())
-            torch._foreach_lerp_(ema, list(state.net.parameters()), 1 - decay)
+        optimize(state.opt, loss, lr, max_norm=1.0)
+        ema_update(state.ema, state.net, state.step)
         n, state.step = n + 1, state.step + 1
         avg = loss.item() if n == 1 else 0.98 * avg + 0.02 * loss.item()
         if now - last_log > 30:

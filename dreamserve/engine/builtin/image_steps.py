@@ -3,6 +3,7 @@ decoder alone (`--tune-decoder`), the upscaler. `train.py` runs them as timed st
 
 from __future__ import annotations
 
+import math
 import random
 
 import torch
@@ -26,6 +27,20 @@ def optimize(
     if max_norm is not None:
         torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], max_norm)
     opt.step()
+
+
+def cosine(frac: float) -> float:
+    """Learning-rate factor over a time budget: 1 -> 0.1 along a half cosine."""
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(max(frac, 0.0), 1.0)))
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int) -> None:
+    """Move `ema` towards `model` after training step `step` (0 first): the decay ramps up
+    to 0.998, so the average is not dominated by a random start."""
+    decay = min(0.998, (1 + step) / (10 + step))
+    with torch.no_grad():
+        averaged: list[torch.Tensor] = list(ema.parameters())
+        torch._foreach_lerp_(averaged, list(model.parameters()), 1 - decay)
 
 
 def gradient_l1(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

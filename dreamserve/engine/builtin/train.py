@@ -36,7 +36,9 @@ from dreamserve.engine.builtin.data import Pools, build_pools
 from dreamserve.engine.builtin.dit import DiT, shift_time
 from dreamserve.engine.builtin.image_steps import (
     ae_step,
+    cosine,
     decoder_step,
+    ema_update,
     finish_ae,
     optimize,
     sr_step,
@@ -64,9 +66,7 @@ def dit_step(state: State, batch: Rendered, pools: Pools, lr: float) -> float:
     plans = plan_maps(cfg, batch, pools, x0)
     loss = flow_loss(state.dit, cfg, x0, (text, mask), refs, batch.objects.to(dev), layout=plans)
     optimize(state.opt_dit, loss, lr, max_norm=1.0)
-    decay = min(0.998, (1 + state.dit_step) / (10 + state.dit_step))
-    with torch.no_grad():
-        torch._foreach_lerp_(list(state.ema.parameters()), list(state.dit.parameters()), 1 - decay)
+    ema_update(state.ema, state.dit, state.dit_step)
     state.dit_step += 1
     return loss.item()
 
@@ -156,11 +156,6 @@ def autocast_bf16(cfg: TrainConfig) -> bool:
     return cfg.bf16 and (cfg.device.startswith("cuda") or cpu_has_bf16())
 
 
-def _cosine(frac: float) -> float:
-    """Learning-rate factor over a time budget: 1 -> 0.1 along a half cosine."""
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(max(frac, 0.0), 1.0)))
-
-
 class Clock:
     """Training wall time: the budget of this run and the total carried in the checkpoint."""
 
@@ -200,7 +195,7 @@ def train_stage(
     start, last_log, n = time.monotonic(), 0.0, 0
     while time.monotonic() < start + secs and n < max_steps:
         frac = (time.monotonic() - start) / secs
-        mse = step(state, rnd, pools, peak * min(1.0, (n + 1) / 20) * _cosine(frac))
+        mse = step(state, rnd, pools, peak * min(1.0, (n + 1) / 20) * cosine(frac))
         n += 1
         if time.monotonic() - last_log > 30:
             db = 10 * math.log10(4 / max(mse, 1e-10))  # peak-to-peak 2
@@ -253,7 +248,7 @@ def train_dit(state: State, pools: Pools, clock: Clock, out: Path, log: Log) -> 
     bar = tqdm(total=round(budget / 60, 1), unit="min", desc="dit", disable=None, leave=False)
     while clock.left() > 0 and n < cfg.dit_max_steps:
         frac = (time.monotonic() - start) / budget
-        lr = cfg.lr * min(1.0, (n + 1) / cfg.warmup) * _cosine(frac)
+        lr = cfg.lr * min(1.0, (n + 1) / cfg.warmup) * cosine(frac)
         batch = next(stream)
         loss = dit_step(state, batch, pools, lr)
         n, samples = n + 1, samples + len(batch.texts)

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from dreamserve.engine.builtin.autoencoder import AutoEncoder
-from dreamserve.engine.builtin.dit import LAYOUT_DIM, DiT
-from dreamserve.engine.builtin.expert import Expert, ExpertConfig, time_embedding
+from dreamserve.engine.builtin.dit import LAYOUT_DIM, DiT, timestep_embedding
+from dreamserve.engine.builtin.expert import Expert, ExpertConfig
 from dreamserve.engine.builtin.sample import Sampler, SampleSpec, time_grid
 from dreamserve.engine.builtin.textenc import TEXT_DIM, TextEncoder
 from dreamserve.engine.builtin.train_config import CONFIGS
@@ -57,7 +57,7 @@ def test_the_plan_reaches_the_velocity_where_it_is() -> None:
 
 
 def test_flow_times_are_read_as_sinusoids() -> None:
-    assert time_embedding(torch.tensor([0.0, 0.5]), 16).shape == (2, 16)
+    assert timestep_embedding(torch.tensor([0.0, 0.5]), 16).shape == (2, 16)
 
 
 class Counting(Expert):
