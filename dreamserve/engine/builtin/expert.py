@@ -11,9 +11,11 @@ late steps decide detail, not layout. Here the steps from `ExpertConfig.t_switch
 network built for detail: 3x3 convolutions at the autoencoder's latent pixels (4x4 pixels
 of a 128-pixel frame), two levels down so a large object's whole outline is in view, each
 latent pixel told which phrase ("red flower") its planned box carries, as the transformer
-is told per token. It predicts the clean latents; trained on renders whose objects are
-often drawn as circles (expert_train.py), it is taught to draw the shape the phrase names
-rather than the one the transformer handed it.
+is told per token, and where in that box it lies (layout.box_coords, from session 36: with
+the phrase alone a petal's place had to be found from the box's edges). It predicts the
+clean latents; trained on renders whose objects are often drawn as circles
+(expert_train.py), it is taught to draw the shape the phrase names rather than the one the
+transformer handed it.
 
 It runs only where a layout plan is (text-to-image prompts the grammar reads); edits and
 references keep the transformer to the end, and weights without an expert sample as before.
@@ -21,6 +23,7 @@ references keep the transformer to the end, and weights without an expert sample
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dreamserve.engine.builtin.dit import LAYOUT_DIM, timestep_embedding
+from dreamserve.engine.builtin.layout import COORD_DIM, box_coords, layout_map
+from dreamserve.engine.builtin.render import Obj
 from dreamserve.engine.builtin.textenc import TEXT_DIM
 
 
@@ -42,9 +47,27 @@ class ExpertConfig:
     # The flow time (the DiT's, shifted) from which the expert finishes the image: step 8 of
     # the sampler's 10, where the transformer has placed and coloured every object.
     t_switch: float = 0.5
+    # Each latent pixel also reads where in its planned box it lies (layout.box_coords).
+    coords: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def plan_dim(self) -> int:
+        return LAYOUT_DIM + (COORD_DIM if self.coords else 0)
+
+
+def plan_map(
+    cfg: ExpertConfig,
+    objects: Sequence[Sequence[Obj]],
+    grid: tuple[int, int],
+    vectors: Mapping[str, torch.Tensor],
+) -> torch.Tensor:
+    """(B, cfg.plan_dim, gh, gw): the plan the expert reads per latent pixel of a `grid` =
+    (gw, gh): the phrase vectors of the boxes over it, then where in its box it lies."""
+    phrases = layout_map(objects, grid, vectors)
+    return torch.cat([phrases, box_coords(objects, grid)], 1) if cfg.coords else phrases
 
 
 class ResBlock(nn.Module):
@@ -86,7 +109,7 @@ class Expert(nn.Module):
         self.text = nn.Linear(TEXT_DIM, cfg.emb)
         self.stem = nn.Conv2d(cfg.latent_ch, w[0], 3, padding=1)
         # The plan per latent pixel; each level below reads it again, pooled to its size.
-        self.plan = nn.ModuleList(nn.Conv2d(LAYOUT_DIM, c, 1) for c in w)
+        self.plan = nn.ModuleList(nn.Conv2d(cfg.plan_dim, c, 1) for c in w)
         self.down = nn.ModuleList()
         self.pool = nn.ModuleList()
         for k, c in enumerate(w):
@@ -110,7 +133,7 @@ class Expert(nn.Module):
     ) -> torch.Tensor:
         """x: (B, latent_ch, H, W) noisy latent pixels (H, W divisible by 2^(levels-1));
         t: (B,) flow times; pooled: (B, TEXT_DIM) the prompt's unit MiniLM vector (zeros:
-        no prompt); layout: (B, LAYOUT_DIM, H, W) the plan per latent pixel (zeros: none).
+        no prompt); layout: (B, plan_dim, H, W) the plan per latent pixel (plan_map; zeros: none).
         Returns the clean latent pixels it predicts, (B, latent_ch, H, W)."""
         e = F.silu(self.time(timestep_embedding(t, 128)) + self.text(pooled))  # (B, emb)
         h = self.stem(x) + self.plan[0](layout)  # (B, w0, H, W)

@@ -35,9 +35,8 @@ from dreamserve.engine.builtin.data import (
     render_batch,
     sample_batch,
 )
-from dreamserve.engine.builtin.expert import Expert, ExpertConfig
+from dreamserve.engine.builtin.expert import Expert, ExpertConfig, plan_map
 from dreamserve.engine.builtin.image_steps import cosine, ema_update, optimize
-from dreamserve.engine.builtin.layout import layout_map
 from dreamserve.engine.builtin.render import Obj
 from dreamserve.engine.builtin.textenc import pool
 from dreamserve.engine.builtin.train_config import TrainConfig
@@ -150,7 +149,7 @@ def expert_loss(
         x0 = F.pixel_shuffle(ae.encode(batch.target.to(dev)), ae.cfg.patch)  # (B, ch, H, W)
         src = F.pixel_shuffle(ae.encode(batch.source.to(dev)), ae.cfg.patch)
     B, _, H, W = x0.shape
-    layout = layout_map(batch.plans, (W, H), pools.phrases).to(dev)  # (B, LAYOUT_DIM, H, W)
+    layout = plan_map(cfg.model, batch.plans, (W, H), pools.phrases).to(dev)  # (B, P, H, W)
     states, mask = pools.text_batch(batch.texts)
     pooled = pool(states, mask).to(dev)
     drop = torch.rand(B, device=dev) < cfg.drop
@@ -166,15 +165,22 @@ def expert_loss(
 
 
 def train(
-    state: ExpertState, ae: AutoEncoder, pools: Pools, minutes: float, out: Path, log: Log
+    state: ExpertState,
+    ae: AutoEncoder,
+    pools: Pools,
+    minutes: float,
+    out: Path,
+    log: Log,
+    max_steps: int | None = None,
 ) -> None:
+    """Train for `minutes` (the learning rate's schedule), or until `max_steps` this call."""
     cfg = state.cfg
     rnd = random.Random(cfg.stream_seed + state.step)
     budget, start = minutes * 60, time.monotonic()
     last_log = last_ckpt = start
     n, avg = 0, 0.0
     bar = tqdm(total=round(minutes, 1), unit="min", desc="expert", disable=None, leave=False)
-    while (now := time.monotonic()) < start + budget:
+    while (now := time.monotonic()) < start + budget and n != max_steps:
         frac = (now - start) / budget
         lr = cfg.lr * min(1.0, (n + 1) / 50) * cosine(frac)
         loss = expert_loss(state.net, ae, fix_batch(pools, cfg, rnd), pools, cfg)

@@ -93,6 +93,41 @@ def cover(obj: Obj, grid: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(iny[:, None] & inx[None, :])
 
 
+# Where in its box each latent pixel lies, for the expert (expert.ExpertConfig.coords): in-box
+# flag, the box's size, u and v (-1 to 1 across the box), and sin/cos of pi*f*u, pi*f*v.
+COORD_FREQS = (1, 2, 4)
+COORD_DIM = 4 + 4 * len(COORD_FREQS)
+BOX_MARGIN = 1.25  # coordinates run a quarter box past the box, where edges blend into it
+
+
+def box_coords(objects: Sequence[Sequence[Obj]], grid: tuple[int, int]) -> torch.Tensor:
+    """(B, COORD_DIM, gh, gw): each cell's place in the planned box over it (zeros: no box).
+
+    Why: a box's phrase vector is the same in every cell of the box, so a convolutional net
+    must find the box's edges to learn where a petal goes; GLIGEN gives each phrase its box
+    coordinates for the same reason. Where boxes overlap the later object wins, as render.py
+    draws it on top."""
+    gw, gh = grid
+    xs = torch.arange(gw, dtype=torch.float32).add(0.5).div(gw)[None, :]  # (1, gw) fractions
+    ys = torch.arange(gh, dtype=torch.float32).add(0.5).div(gh)[:, None]  # (gh, 1)
+    out = torch.zeros(len(objects), COORD_DIM, gh, gw)
+    for i, objs in enumerate(objects):
+        for o in objs:
+            half = max(o.size * min(gw, gh) / 2, 0.5)  # box half-side, in cells
+            u = ((xs - o.x) * gw / half).expand(gh, gw)
+            v = ((ys - o.y) * gh / half).expand(gh, gw)
+            inside = (u.abs() <= BOX_MARGIN) & (v.abs() <= BOX_MARGIN)
+            waves = [
+                w(torch.pi * f * c)
+                for f in COORD_FREQS
+                for c in (u, v)
+                for w in (torch.sin, torch.cos)
+            ]
+            feats = torch.stack([torch.ones_like(u), torch.full_like(u, o.size), u, v, *waves])
+            out[i] = torch.where(inside, feats, out[i])
+    return out
+
+
 # Each region is a row in every step's batch (in place of the whole prompt's when the regions
 # hold every object: sample.Sampler.conditions). Session 29's 2-core CPU took 0.67 s for a 1K
 # request of one phrase, 1.04 / 1.25 / 1.48 s for batches of 4 / 5 / 6 rows, against the

@@ -28,7 +28,7 @@ from PIL import Image
 from dreamserve.engine.builtin.autoencoder import AutoEncoder
 from dreamserve.engine.builtin.data import PX, grid_for, to_tensor
 from dreamserve.engine.builtin.dit import DiT, from_fine, null_condition, shift_time, to_fine
-from dreamserve.engine.builtin.expert import Expert
+from dreamserve.engine.builtin.expert import Expert, plan_map
 from dreamserve.engine.builtin.keep import Kept, kept_latents, paste, paste_image, seams
 from dreamserve.engine.builtin.layout import (
     covers_all,
@@ -83,7 +83,7 @@ class ExpertRows:
     """What the expert reads at each of its steps: the prompt's row, then no prompt's."""
 
     pooled: torch.Tensor  # (2, TEXT_DIM) the prompt's unit MiniLM vector; zeros
-    layout: torch.Tensor  # (2, LAYOUT_DIM, 4gh, 4gw) the plan per latent pixel; zeros
+    layout: torch.Tensor  # (2, plan_dim, 4gh, 4gw) the plan per latent pixel; zeros
 
 
 def time_grid(steps: int, shift: float) -> torch.Tensor:
@@ -199,7 +199,8 @@ class Sampler:
         states, mask = self.text([spec.prompt])
         pooled = torch.cat([pool(states, mask), torch.zeros(1, states.shape[-1])])
         objs = list(scene.objects)
-        layout = layout_map([objs], (gw * p, gh * p), phrase_vectors(self.text, map(phrase, objs)))
+        vectors = phrase_vectors(self.text, map(phrase, objs))
+        layout = plan_map(self.expert.cfg, [objs], (gw * p, gh * p), vectors)
         return ExpertRows(pooled, torch.cat([layout, torch.zeros_like(layout)]))
 
     def expert_latents(

@@ -3,7 +3,9 @@ import torch
 
 from dreamserve.engine.builtin.autoencoder import AutoEncoder
 from dreamserve.engine.builtin.dit import LAYOUT_DIM, DiT, timestep_embedding
-from dreamserve.engine.builtin.expert import Expert, ExpertConfig
+from dreamserve.engine.builtin.expert import Expert, ExpertConfig, plan_map
+from dreamserve.engine.builtin.layout import COORD_DIM
+from dreamserve.engine.builtin.render import Obj
 from dreamserve.engine.builtin.sample import Sampler, SampleSpec, time_grid
 from dreamserve.engine.builtin.textenc import TEXT_DIM, TextEncoder
 from dreamserve.engine.builtin.train_config import CONFIGS
@@ -19,7 +21,7 @@ def _inputs(b: int, h: int, w: int) -> tuple[torch.Tensor, ...]:
         torch.randn(b, 8, h, w),
         torch.rand(b),
         torch.randn(b, TEXT_DIM),
-        torch.randn(b, LAYOUT_DIM, h, w),
+        torch.randn(b, SMALL.plan_dim, h, w),
     )
 
 
@@ -90,6 +92,19 @@ def test_the_sampler_hands_a_planned_image_s_last_steps_to_the_expert() -> None:
     s(SampleSpec(planned.prompt, 3, 64, 64, steps=6, plan=False), [], lambda: None)
     assert ex.times == []  # no plan: the transformer to the end
     rows = s.expert_rows(planned, s.plan(planned, []), 4, 4)  # the tiny AE: patch 1
-    assert rows is not None and rows.layout.shape == (2, LAYOUT_DIM, 4, 4)
+    assert rows is not None and rows.layout.shape == (2, ex.cfg.plan_dim, 4, 4)
     assert float(rows.layout[1].abs().sum()) == 0.0 and float(rows.pooled[1].abs().sum()) == 0.0
-    assert float(rows.layout[0, -1].min()) == 1.0  # "a plan is given" on every latent pixel
+    # "A plan is given" on every latent pixel, then where in the star's box each one lies.
+    assert float(rows.layout[0, LAYOUT_DIM - 1].min()) == 1.0
+    assert float(rows.layout[0, LAYOUT_DIM:].abs().sum()) > 0.0
+
+
+def test_the_expert_reads_box_coordinates_after_the_phrases_unless_told_not_to() -> None:
+    objs = [(Obj("flower", "red", 0.5, 0.5, 0.5),)]
+    vec = {"red flower": torch.ones(TEXT_DIM)}
+    with_coords = plan_map(ExpertConfig(), objs, (8, 8), vec)
+    without = plan_map(ExpertConfig(coords=False), objs, (8, 8), vec)
+    assert with_coords.shape == (1, LAYOUT_DIM + COORD_DIM, 8, 8)
+    assert without.shape == (1, LAYOUT_DIM, 8, 8)
+    assert torch.equal(with_coords[:, :LAYOUT_DIM], without)
+    assert Expert(ExpertConfig(coords=False, width=16, emb=32)).plan[0].in_channels == LAYOUT_DIM

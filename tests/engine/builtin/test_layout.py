@@ -8,7 +8,9 @@ from dreamserve.engine.builtin.autoencoder import AutoEncoder
 from dreamserve.engine.builtin.data import Pools, build_pools
 from dreamserve.engine.builtin.dit import LAYOUT_DIM, DiT
 from dreamserve.engine.builtin.layout import (
+    BOX_MARGIN,
     all_phrases,
+    box_coords,
     cover,
     covers_all,
     layout_map,
@@ -69,6 +71,24 @@ def test_a_layout_map_covers_each_box_with_its_phrase_and_flags_the_plan() -> No
     tiny = m[0, 0] < 0
     assert tiny.sum() == 1 and bool(tiny[4, 12])  # too small for a token: its centre's token
     assert float(m[1, :-1].abs().sum()) == 0.0
+
+
+def test_box_coordinates_run_across_each_box_and_the_later_object_wins() -> None:
+    big = Obj("flower", "red", 0.5, 0.5, 0.5)  # 8 of 16 cells: centred, u from -1 to 1
+    top = Obj("sun", "blue", 0.75, 0.5, 0.25)  # drawn after, overlapping big's right edge
+    c = box_coords([(big,), (big, top), ()], (16, 16))
+    flag, size, u, v = c[0, 0], c[0, 1], c[0, 2], c[0, 3]
+    assert torch.allclose(u[8, 4:12], torch.linspace(-0.875, 0.875, 8))
+    assert torch.allclose(v[4:12, 8], torch.linspace(-0.875, 0.875, 8))
+    # A quarter box past the edge still reads its coordinates (edges blend into it), no more.
+    assert bool(flag[8, 3] == 1) and float(u[8, 3]) == pytest.approx(-1.125)
+    assert bool(flag[8, 2] == 0) and float(c[0, :, 8, 2].abs().sum()) == 0.0
+    assert float(u.abs()[flag > 0].max()) <= BOX_MARGIN
+    assert float(size[8, 8]) == 0.5
+    # Cell (8, 12) is in both boxes: it reads the sun's (centred on column 12).
+    assert float(c[1, 2, 8, 12]) == pytest.approx(0.25) and float(c[1, 1, 8, 12]) == 0.25
+    assert float(c[1, 2, 8, 5]) == float(u[8, 5])  # the flower's, where the sun is not
+    assert float(c[2].abs().sum()) == 0.0
 
 
 def test_training_plans_a_share_of_text_to_image_samples_and_drops_them_with_the_prompt(
