@@ -26,7 +26,7 @@ from bench.report import write_section
 from dreamserve.engine.builtin.pipeline import BuiltinGenerator
 from dreamserve.engine.builtin.render import Obj, Scene
 from dreamserve.engine.builtin.render import render as draw
-from dreamserve.engine.builtin.sample import SampleSpec
+from dreamserve.engine.builtin.sample import SampleSpec, time_grid
 from dreamserve.request import GenerationRequest
 from dreamserve.runner import render
 
@@ -94,6 +94,18 @@ class Timers:
         setattr(obj, attr, timed)
 
 
+def dit_steps(gen: BuiltinGenerator, prompt: str) -> int:
+    """How many of the sampler's steps the transformer draws for `prompt`: all of them, or
+    those before the expert's switch when the weights carry an expert and it has a plan."""
+    s = gen.sampler
+    spec = SampleSpec(prompt, 1, 1024, 1024, steps=gen.steps)
+    refs = [torch.zeros(1)] if prompt == PROMPTS["edit"] else []  # an input: no plan
+    if s.expert is None or s.plan(spec, refs) is None:
+        return gen.steps
+    ts = time_grid(gen.steps, s.time_shift)[:-1]
+    return int((ts > s.expert.cfg.t_switch).sum())
+
+
 def dit_flops(gen: BuiltinGenerator, prompt: str) -> float:
     """FLOPs of one guided transformer call on the 1:1 grid, with the rows the sampler runs
     for `prompt` (the prompt, one per region, no prompt) and their plans."""
@@ -123,6 +135,8 @@ def run_size(
         s = gen.sampler
         timers.wrap(s, "text", "text encoder")
         timers.wrap(s, "dit", "transformer")
+        if s.expert is not None:
+            timers.wrap(s, "expert", "expert")
         timers.wrap(s, "render", "decoder + upscale")
         t = time.perf_counter()
         out = render(req, images, gen, lambda p: None, lambda: False)
@@ -136,7 +150,7 @@ def run_size(
     return best
 
 
-COLUMNS = ("text encoder", "transformer", "decoder + upscale", "image encoder")
+COLUMNS = ("text encoder", "transformer", "expert", "decoder + upscale", "image encoder")
 PIXELS = {"1K": "1024x1024", "2K": "2048x2048", "4K": "4096x4096"}
 
 
@@ -181,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     gen = BuiltinGenerator()
     peak = matmul_peak()
-    flops = {label: dit_flops(gen, p) * gen.steps for label, p in PROMPTS.items()}
+    steps = {label: dit_steps(gen, p) for label, p in PROMPTS.items()}
+    flops = {label: dit_flops(gen, p) * steps[label] for label, p in PROMPTS.items()}
     one = PROMPTS["one phrase"]
     run_size(gen, "1K", one, 1, args.format)  # warm-up: first calls allocate and pick kernels
     rows = {
@@ -194,8 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         "1:1), "
         f"best of {args.repeats}, torch {torch.__version__} on {args.threads} threads of "
         f"{os.cpu_count()} CPUs ({cpu_name()}); {gen.steps} sampling steps with "
-        "classifier-free guidance. "
-        f'"one phrase" is "{one}" (batch 2 per step: prompt, no prompt); "two phrases" is '
+        "classifier-free guidance"
+        + (
+            f", the last {gen.steps - steps['one phrase']} of a planned prompt's drawn by "
+            "the weights' expert (expert.py). "
+            if gen.sampler.expert is not None
+            else ". "
+        )
+        + f'"one phrase" is "{one}" (batch 2 per step: prompt, no prompt); "two phrases" is '
         f'"{PROMPTS["two phrases"]}" (batch 3: each phrase of its layout plan is drawn '
         "from its own prompt, and no row for the whole prompt); "
         f'"three phrases" is "{PROMPTS["three phrases"]}" (batch 4); '

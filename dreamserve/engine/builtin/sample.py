@@ -192,8 +192,11 @@ class Sampler:
     def expert_rows(
         self, spec: SampleSpec, scene: Scene | None, gw: int, gh: int
     ) -> ExpertRows | None:
-        """The expert's two rows for a planned image; None without an expert or a plan."""
+        """The expert's two rows for a planned image; None without an expert, without a
+        plan, or for a plan of more objects than it draws (ExpertConfig.max_objects)."""
         if self.expert is None or scene is None:
+            return None
+        if len(scene.objects) > self.expert.cfg.max_objects:
             return None
         p = self.ae.cfg.patch  # latent pixels per token side
         states, mask = self.text([spec.prompt])

@@ -5,7 +5,7 @@ from dreamserve.engine.builtin.autoencoder import AutoEncoder
 from dreamserve.engine.builtin.dit import LAYOUT_DIM, DiT, timestep_embedding
 from dreamserve.engine.builtin.expert import Expert, ExpertConfig, plan_map
 from dreamserve.engine.builtin.layout import COORD_DIM
-from dreamserve.engine.builtin.render import Obj
+from dreamserve.engine.builtin.render import Obj, Scene
 from dreamserve.engine.builtin.sample import Sampler, SampleSpec, time_grid
 from dreamserve.engine.builtin.textenc import TEXT_DIM, TextEncoder
 from dreamserve.engine.builtin.train_config import CONFIGS
@@ -91,6 +91,10 @@ def test_the_sampler_hands_a_planned_image_s_last_steps_to_the_expert() -> None:
     s(SampleSpec("a portrait of a cat", 3, 64, 64, steps=6), [], lambda: None)
     s(SampleSpec(planned.prompt, 3, 64, 64, steps=6, plan=False), [], lambda: None)
     assert ex.times == []  # no plan: the transformer to the end
+    two = SampleSpec("a red star above a blue circle on a grass field", 3, 64, 64, steps=6)
+    assert len(objects(s.plan(two, []))) == 2 > ex.cfg.max_objects
+    s(two, [], lambda: None)
+    assert ex.times == []  # more objects than the expert draws: the transformer's
     rows = s.expert_rows(planned, s.plan(planned, []), 4, 4)  # the tiny AE: patch 1
     assert rows is not None and rows.layout.shape == (2, ex.cfg.plan_dim, 4, 4)
     assert float(rows.layout[1].abs().sum()) == 0.0 and float(rows.pooled[1].abs().sum()) == 0.0
@@ -108,3 +112,8 @@ def test_the_expert_reads_box_coordinates_after_the_phrases_unless_told_not_to()
     assert without.shape == (1, LAYOUT_DIM, 8, 8)
     assert torch.equal(with_coords[:, :LAYOUT_DIM], without)
     assert Expert(ExpertConfig(coords=False, width=16, emb=32)).plan[0].in_channels == LAYOUT_DIM
+
+
+def objects(scene: Scene | None) -> tuple[Obj, ...]:
+    assert scene is not None
+    return scene.objects
