@@ -136,7 +136,7 @@ def run_size(
         timers.wrap(s, "text", "text encoder")
         timers.wrap(s, "dit", "transformer")
         if s.expert is not None:
-            timers.wrap(s, "expert", "expert")
+            timers.wrap(s, "expert_latents", "expert")
         timers.wrap(s, "render", "decoder + upscale")
         t = time.perf_counter()
         out = render(req, images, gen, lambda p: None, lambda: False)
