@@ -96,11 +96,12 @@ class Timers:
 
 def dit_steps(gen: BuiltinGenerator, prompt: str) -> int:
     """How many of the sampler's steps the transformer draws for `prompt`: all of them, or
-    those before the expert's switch when the weights carry an expert and it has a plan."""
+    those before the expert's switch when the sampler gives the expert its last steps."""
     s = gen.sampler
     spec = SampleSpec(prompt, 1, 1024, 1024, steps=gen.steps)
     refs = [torch.zeros(1)] if prompt == PROMPTS["edit"] else []  # an input: no plan
-    if s.expert is None or s.plan(spec, refs) is None:
+    # The sampler's own decision (expert, plan, ExpertConfig.max_objects), on the 1:1 grid.
+    if s.expert is None or s.expert_rows(spec, s.plan(spec, refs), 8, 8) is None:
         return gen.steps
     ts = time_grid(gen.steps, s.time_shift)[:-1]
     return int((ts > s.expert.cfg.t_switch).sum())
@@ -211,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs ({cpu_name()}); {gen.steps} sampling steps with "
         "classifier-free guidance"
         + (
-            f", the last {gen.steps - steps['one phrase']} of a planned prompt's drawn by "
-            "the weights' expert (expert.py). "
+            f", the last {gen.steps - steps['one phrase']} of a prompt planned as one object "
+            "drawn by the weights' expert (expert.py). "
             if gen.sampler.expert is not None
             else ". "
         )
