@@ -103,8 +103,7 @@ def dit_steps(gen: BuiltinGenerator, prompt: str) -> int:
     # The sampler's own decision (expert, plan, ExpertConfig.max_objects), on the 1:1 grid.
     if s.expert is None or s.expert_rows(spec, s.plan(spec, refs), 8, 8) is None:
         return gen.steps
-    ts = time_grid(gen.steps, s.time_shift)[:-1]
-    return int((ts > s.expert.cfg.t_switch).sum())
+    return gen.steps - sum(s.expert_takes(time_grid(gen.steps, s.time_shift)[:-1]))
 
 
 def dit_flops(gen: BuiltinGenerator, prompt: str) -> float:
@@ -212,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs ({cpu_name()}); {gen.steps} sampling steps with "
         "classifier-free guidance"
         + (
-            f", the last {gen.steps - steps['one phrase']} of a prompt planned as one object "
-            "drawn by the weights' expert (expert.py). "
+            f", the last {gen.steps - steps['one phrase']} of a prompt planned as at most "
+            f"{gen.sampler.expert.cfg.max_objects} objects drawn by the weights' expert "
+            "(expert.py). "
             if gen.sampler.expert is not None
             else ". "
         )

@@ -130,7 +130,6 @@ class Sampler:
         scene = self.plan(spec, refs)  # step 1
         cond = self.conditions(spec, scene, gw, gh)  # steps 1-2
         late = self.expert_rows(spec, scene, gw, gh)
-        late_from = self.expert.cfg.t_switch if self.expert is not None else 0.0
         rows = cond.text.shape[0]
         refs_r = [r.expand(rows, -1, -1, -1) for r in refs]
         # Step 4: seeded noise.
@@ -143,8 +142,9 @@ class Sampler:
             x, ts = (1 - t0) * z0 + t0 * noise, torch.linspace(t0, 0.0, spec.steps + 1)
         # Step 5: Euler integration of dx/dt = v, guided: v = v_u + g (v_c - v_u).
         g = guidance_or_default(spec.guidance)
+        takes = self.expert_takes(ts[:-1])
         for i in range(spec.steps):
-            if late is not None and ts[i] <= late_from:
+            if late is not None and takes[i]:
                 # The expert's clean latents, as the velocity towards them from x at ts[i]
                 # (the flow is a straight line from data to noise).
                 v = (x - self.expert_latents(x, ts[i], late, g)) / ts[i]
@@ -205,6 +205,13 @@ class Sampler:
         vectors = phrase_vectors(self.text, map(phrase, objs))
         layout = plan_map(self.expert.cfg, [objs], (gw * p, gh * p), vectors)
         return ExpertRows(pooled, torch.cat([layout, torch.zeros_like(layout)]))
+
+    def expert_takes(self, ts: torch.Tensor) -> list[bool]:
+        """Per step from flow time ts[i]: whether the expert draws it, for a plan it draws
+        (expert_rows): every step from its switch on (bench_model counts them with this)."""
+        if self.expert is None:
+            return [False] * len(ts)
+        return [bool(t <= self.expert.cfg.t_switch) for t in ts]
 
     def expert_latents(
         self, x: torch.Tensor, t: torch.Tensor, rows: ExpertRows, g: float

@@ -77,7 +77,8 @@ class Counting(Expert):
 def test_the_sampler_hands_a_planned_image_s_last_steps_to_the_expert() -> None:
     torch.manual_seed(0)
     dit = DiT(TINY.dit)
-    ex = Counting(ExpertConfig(latent_ch=TINY.ae.latent_ch, width=16, emb=32))
+    cfg = ExpertConfig(latent_ch=TINY.ae.latent_ch, width=16, emb=32, max_objects=1)
+    ex = Counting(cfg)
     enc = TextEncoder()
     s = Sampler(AutoEncoder(TINY.ae).eval(), dit.eval(), Upscaler(TINY.sr).eval(), enc, ex)
     planned = SampleSpec("a red star on a plain white background", 3, 64, 64, steps=6)
@@ -86,6 +87,7 @@ def test_the_sampler_hands_a_planned_image_s_last_steps_to_the_expert() -> None:
     s(planned, [], lambda: steps.append(1))
     # Every step at or below the switch; the transformer drew the ones before.
     assert ex.times == [float(t) for t in grid[:-1] if t <= ex.cfg.t_switch]
+    assert s.expert_takes(grid[:-1]) == [float(t) <= ex.cfg.t_switch for t in grid[:-1]]
     assert 0 < len(ex.times) < 6 and len(steps) == 6
     ex.times.clear()
     s(SampleSpec("a portrait of a cat", 3, 64, 64, steps=6), [], lambda: None)
