@@ -176,7 +176,12 @@ def train(
 
 @app.command("train-expert")
 def train_expert(
-    minutes: Annotated[float, typer.Option(min=0.1, help="How long to train.")],
+    minutes: Annotated[
+        float,
+        typer.Option(
+            min=0.0, help="How long to train; 0 exports out/expert.pt as this code samples it."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Run directory (resumes out/expert.pt).")] = Path(
         "runs/expert"
     ),

@@ -83,4 +83,23 @@ def test_the_command_refuses_what_it_cannot_train_before_writing_anything(
     assert "no weights in" in capsys.readouterr().out
     assert main(tmp_path / "b", 1.0, lr=0.5) == 2
     assert "--lr 0.5: the peak learning rate must be above 0" in capsys.readouterr().out
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert main(tmp_path / "c", 0.0) == 2  # nothing to export
+    assert "--minutes 0 exports a trained expert" in capsys.readouterr().out
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_zero_minutes_exports_the_saved_expert_as_this_code_samples_it(tmp_path: Path) -> None:
+    tiny = CONFIGS["tiny"]
+    src = tmp_path / "src"
+    ae = AutoEncoder(CONFIGS["default"].ae)
+    weights.export(weights.Models(ae, DiT(tiny.dit), Upscaler(tiny.sr), {}), src)
+    state = new_state(replace(CFG, model=replace(CFG.model, t_switch=0.4, max_objects=1)))
+    state.step = 5
+    save(state, tmp_path)
+    assert main(tmp_path, 0.0, source=src) == 0
+    back = weights.load(tmp_path / "weights")
+    assert back.expert is not None and back.meta["expert_steps"] == 5  # not trained further
+    now = ExpertConfig()
+    assert back.expert.cfg == replace(CFG.model, t_switch=now.t_switch, max_objects=now.max_objects)
+    for a, b in zip(state.ema.parameters(), back.expert.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
