@@ -44,8 +44,8 @@ class ExpertConfig:
     levels: int = 3  # latent pixels, /2, /4: a large object (11 latent pixels) in one view
     blocks: int = 2  # residual blocks per level, on the way down and on the way up
     emb: int = 256  # the flow time and the pooled prompt, read by every block
-    # The flow time (the DiT's, shifted) from which the expert draws the image: step 4 of
-    # the sampler's 10 (t = 0.875). Session 37: with session 36's expert, trained around
+    # The flow time (the DiT's, shifted) from which the expert draws the image: step 5 of
+    # the sampler's 10 (t = 0.857). Session 37: with session 36's expert, trained around
     # 0.5, colour+shape of 100 singles was 71% from 0.5, 79% from 0.7, 83% from 0.9, 82%
     # from 1.0: the boxes of a plan are layout enough, and the transformer's early steps
     # handed it outlines it had to undo.
