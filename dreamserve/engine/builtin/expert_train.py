@@ -100,11 +100,14 @@ def save(state: ExpertState, out: Path) -> None:
 
 def load(path: Path, want: ExpertTrainConfig) -> ExpertState:
     """The saved expert (its architecture kept), trained the way `want` says. The fields
-    that only say when the sampler calls it (t_switch, max_objects) come from `want`: they
-    are chosen by evaluation, and the weights carry the ones exported last."""
+    that only say how the sampler calls it (t_switch, max_objects, guidance_share) come
+    from `want`: they are chosen by evaluation, and the weights carry the ones exported
+    last."""
     blob = torch.load(path, weights_only=False, map_location="cpu")
     saved = dict(blob["config"])
-    serve = {"t_switch": want.model.t_switch, "max_objects": want.model.max_objects}
+    m = want.model
+    serve = {"t_switch": m.t_switch, "max_objects": m.max_objects}
+    serve["guidance_share"] = m.guidance_share
     model = ExpertConfig(**{**saved["model"], **serve})
     state = new_state(ExpertTrainConfig(**{**asdict(want), "model": model}))
     state.cfg.model = model

@@ -216,14 +216,16 @@ class Sampler:
     def expert_latents(
         self, x: torch.Tensor, t: torch.Tensor, rows: ExpertRows, g: float
     ) -> torch.Tensor:
-        """The expert's guided clean latents for x (1, C, gh, gw) tokens at flow time t."""
+        """The expert's guided clean latents for x (1, C, gh, gw) tokens at flow time t, at
+        its share of the request's guidance g above 1 (ExpertConfig.guidance_share)."""
         assert self.expert is not None
         p = self.ae.cfg.patch
         xp = F.pixel_shuffle(x, p).expand(2, -1, -1, -1)  # (2, latent_ch, 4gh, 4gw)
         x0 = self.expert(xp, t.expand(2), rows.pooled, rows.layout)
         # Guided as the transformer is: on a straight flow, guiding the clean latents is
         # guiding the velocity towards them.
-        return F.pixel_unshuffle(x0[1:] + g * (x0[:1] - x0[1:]), p)
+        ge = 1.0 + (g - 1.0) * self.expert.cfg.guidance_share
+        return F.pixel_unshuffle(x0[1:] + ge * (x0[:1] - x0[1:]), p)
 
     def composite(self, v: torch.Tensor, regions: torch.Tensor | None) -> torch.Tensor:
         """(1, C, gh, gw): each fine token from the conditional row that owns it (all from

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -119,3 +121,24 @@ def test_the_expert_reads_box_coordinates_after_the_phrases_unless_told_not_to()
 def objects(scene: Scene | None) -> tuple[Obj, ...]:
     assert scene is not None
     return scene.objects
+
+
+def test_the_expert_is_guided_at_its_share_of_the_request_s_guidance() -> None:
+    torch.manual_seed(0)
+    ex = Expert(ExpertConfig(latent_ch=TINY.ae.latent_ch, width=16, emb=32, guidance_share=0))
+    for w in ex.parameters():  # a new expert predicts zeros, whatever its guidance
+        torch.nn.init.normal_(w, std=0.1)
+    ae, dit, sr = AutoEncoder(TINY.ae).eval(), DiT(TINY.dit).eval(), Upscaler(TINY.sr).eval()
+    s = Sampler(ae, dit, sr, TextEncoder(), ex.eval())
+    spec = SampleSpec("a red star on a plain white background", 3, 64, 64)
+    rows = s.expert_rows(spec, s.plan(spec, []), 4, 4)
+    assert rows is not None
+    x, t = torch.randn(1, TINY.ae.latent_ch, 4, 4), torch.tensor(0.5)
+    with torch.no_grad():
+        unguided = s.expert_latents(x, t, rows, 1.0)
+        assert torch.allclose(s.expert_latents(x, t, rows, 7.0), unguided)  # share 0
+        ex.cfg = replace(ex.cfg, guidance_share=0.5)
+        half = s.expert_latents(x, t, rows, 5.0)
+        ex.cfg = replace(ex.cfg, guidance_share=1.0)
+        assert torch.allclose(half, s.expert_latents(x, t, rows, 3.0), atol=1e-6)
+        assert not torch.allclose(half, unguided)

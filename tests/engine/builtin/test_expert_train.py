@@ -40,9 +40,9 @@ def test_a_short_run_trains_saves_resumes_and_ships_its_ema(tmp_path: Path) -> N
     assert again.step == state.step and again.cfg.lr == 5e-4  # the schedule from now on
     assert again.cfg.model == CFG.model  # the model as saved
     # When the sampler calls it is chosen at resume; the architecture stays as saved.
-    later = ExpertTrainConfig(model=ExpertConfig(t_switch=0.7, max_objects=2))
-    moved_on = load(tmp_path / "expert.pt", later).cfg.model
-    assert moved_on == replace(CFG.model, t_switch=0.7, max_objects=2)
+    sampled = {"t_switch": 0.7, "max_objects": 2, "guidance_share": 0.25}
+    moved_on = load(tmp_path / "expert.pt", ExpertTrainConfig(model=ExpertConfig(**sampled)))
+    assert moved_on.cfg.model == replace(CFG.model, **sampled)
     for a, b in zip(state.ema.parameters(), again.ema.parameters(), strict=True):
         assert torch.equal(a, b)
     loss = expert_loss(
