@@ -74,6 +74,12 @@ class ExpertConfig:
         return LAYOUT_DIM + (COORD_DIM if self.coords else 0)
 
 
+# The ExpertConfig fields that say how the sampler calls the expert, not what it is: chosen
+# by evaluation, so a resumed or re-exported expert takes them from the code
+# (expert_train.load).
+SAMPLING_FIELDS = ("t_switch", "max_objects", "guidance_share")
+
+
 def plan_map(
     cfg: ExpertConfig,
     objects: Sequence[Sequence[Obj]],

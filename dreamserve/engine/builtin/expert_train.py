@@ -35,7 +35,7 @@ from dreamserve.engine.builtin.data import (
     render_batch,
     sample_batch,
 )
-from dreamserve.engine.builtin.expert import Expert, ExpertConfig, plan_map
+from dreamserve.engine.builtin.expert import SAMPLING_FIELDS, Expert, ExpertConfig, plan_map
 from dreamserve.engine.builtin.image_steps import cosine, ema_update, optimize
 from dreamserve.engine.builtin.render import Obj
 from dreamserve.engine.builtin.textenc import pool
@@ -99,15 +99,11 @@ def save(state: ExpertState, out: Path) -> None:
 
 
 def load(path: Path, want: ExpertTrainConfig) -> ExpertState:
-    """The saved expert (its architecture kept), trained the way `want` says. The fields
-    that only say how the sampler calls it (t_switch, max_objects, guidance_share) come
-    from `want`: they are chosen by evaluation, and the weights carry the ones exported
-    last."""
+    """The saved expert (its architecture kept), trained the way `want` says; how the
+    sampler calls it (expert.SAMPLING_FIELDS) comes from `want`."""
     blob = torch.load(path, weights_only=False, map_location="cpu")
     saved = dict(blob["config"])
-    m = want.model
-    serve = {"t_switch": m.t_switch, "max_objects": m.max_objects}
-    serve["guidance_share"] = m.guidance_share
+    serve = {k: getattr(want.model, k) for k in SAMPLING_FIELDS}
     model = ExpertConfig(**{**saved["model"], **serve})
     state = new_state(ExpertTrainConfig(**{**asdict(want), "model": model}))
     state.cfg.model = model

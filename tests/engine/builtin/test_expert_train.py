@@ -9,7 +9,7 @@ from dreamserve.engine.builtin import weights
 from dreamserve.engine.builtin.autoencoder import AutoEncoder
 from dreamserve.engine.builtin.data import build_pools
 from dreamserve.engine.builtin.dit import DiT
-from dreamserve.engine.builtin.expert import ExpertConfig
+from dreamserve.engine.builtin.expert import SAMPLING_FIELDS, ExpertConfig
 from dreamserve.engine.builtin.expert_train import (
     ExpertTrainConfig,
     expert_loss,
@@ -93,13 +93,14 @@ def test_zero_minutes_exports_the_saved_expert_as_this_code_samples_it(tmp_path:
     src = tmp_path / "src"
     ae = AutoEncoder(CONFIGS["default"].ae)
     weights.export(weights.Models(ae, DiT(tiny.dit), Upscaler(tiny.sr), {}), src)
-    state = new_state(replace(CFG, model=replace(CFG.model, t_switch=0.4, max_objects=1)))
+    old = replace(CFG.model, t_switch=0.4, max_objects=1, guidance_share=0.25)
+    state = new_state(replace(CFG, model=old))
     state.step = 5
     save(state, tmp_path)
     assert main(tmp_path, 0.0, source=src) == 0
     back = weights.load(tmp_path / "weights")
     assert back.expert is not None and back.meta["expert_steps"] == 5  # not trained further
-    now = ExpertConfig()
-    assert back.expert.cfg == replace(CFG.model, t_switch=now.t_switch, max_objects=now.max_objects)
+    now = {k: getattr(ExpertConfig(), k) for k in SAMPLING_FIELDS}
+    assert back.expert.cfg == replace(CFG.model, **now)
     for a, b in zip(state.ema.parameters(), back.expert.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
