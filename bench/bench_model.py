@@ -36,13 +36,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # names costs one more row (four, past layout.MAX_REGIONS: three regions, the whole prompt's
 # row for the fourth kind, no prompt: five rows).
 # Edit: one input image of the output's size, whose latents join the sequence and whose
-# pixels are pasted back where the transformer kept them (keep.py) at the output's size.
+# pixels are pasted back where the transformer kept them (keep.py) at the output's size. A
+# planned edit (edit_plan.py) runs the transformer every step and the expert as well on the
+# last ones, for the boxes it changes.
 PROMPTS = {
     "one phrase": "a large red star at the top left on a grass field",
     "two phrases": "a red star above a blue circle on a grass field",
     "three phrases": "two red circles, a blue square and a green star on a grass field",
     "edit": "make the red star blue",
+    "planned edit": "move the red star to the bottom right",
 }
+EDITS = (PROMPTS["edit"], PROMPTS["planned edit"])
 EDITED = Scene("grass field", (Obj("star", "red", 0.25, 0.25, 0.34),))
 TARGETS = {"1K": 1.5, "2K": 3.0, "4K": 8.0}
 
@@ -96,12 +100,12 @@ class Timers:
 
 def dit_steps(gen: BuiltinGenerator, prompt: str) -> int:
     """How many of the sampler's steps the transformer draws for `prompt`: all of them, or
-    those before the expert's switch when the sampler gives the expert its last steps."""
+    those before the expert's switch when the sampler gives the expert its last steps (an
+    edit's expert draws only the boxes it changes: the transformer runs every step)."""
     s = gen.sampler
     spec = SampleSpec(prompt, 1, 1024, 1024, steps=gen.steps)
-    refs = [torch.zeros(1)] if prompt == PROMPTS["edit"] else []  # an input: no plan
     # The sampler's own decision (expert, plan, ExpertConfig.max_objects), on the 1:1 grid.
-    if s.expert is None or s.expert_rows(spec, s.plan(spec, refs), 8, 8) is None:
+    if prompt in EDITS or s.expert is None or s.expert_rows(spec, s.plan(spec, []), 8, 8) is None:
         return gen.steps
     return gen.steps - sum(s.expert_takes(time_grid(gen.steps, s.time_shift)[:-1]))
 
@@ -111,7 +115,7 @@ def dit_flops(gen: BuiltinGenerator, prompt: str) -> float:
     for `prompt` (the prompt, one per region, no prompt) and their plans."""
     gh = gw = 8
     dit = gen.sampler.dit
-    refs = [torch.randn(1, dit.cfg.latent_ch, gh, gw)] if prompt == PROMPTS["edit"] else []
+    refs = [torch.randn(1, dit.cfg.latent_ch, gh, gw)] if prompt in EDITS else []
     spec = SampleSpec(prompt, 1, 1024, 1024)
     c = gen.sampler.conditions(spec, gen.sampler.plan(spec, refs), gw, gh)
     rows = c.text.shape[0]
@@ -128,7 +132,7 @@ def run_size(
     inputs = {"prompt": prompt, "size": size, "aspect_ratio": "1:1", "seed": 1}
     req = GenerationRequest.parse(inputs | {"output_format": fmt})
     w, h = req.pixel_size(None)
-    images = [draw(EDITED, w, h)] if prompt == PROMPTS["edit"] else []
+    images = [draw(EDITED, w, h)] if prompt in EDITS else []
     best: dict[str, float] = {}
     for _ in range(repeats):
         timers = Timers()
@@ -223,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         f'"three phrases" is "{PROMPTS["three phrases"]}" (batch 4); '
         f'"edit" is "{PROMPTS["edit"]}" with one input image of the output\'s size (its '
         "latents join the sequence; its pixels are pasted where the transformer kept them, "
-        "counted in decoder + upscale). "
+        "counted in decoder + upscale); "
+        f'"planned edit" is "{PROMPTS["planned edit"]}", whose plan (edit_plan.py) the '
+        "expert draws in the boxes it changes on the last steps, beside the transformer. "
         f"Matmul peak measured in the same run: {peak:.1f} GFLOP/s (fp32 2048^3). "
         "Transformer work per image: "
         + ", ".join(f"{label} {f / 1e9:.2f} GFLOP" for label, f in flops.items())

@@ -59,6 +59,11 @@ def _unit_boxes() -> dict[str, tuple[float, float, float, float]]:
 _BOXES = _unit_boxes()
 
 
+def unit_box(shape: str) -> tuple[float, float, float, float]:
+    """`shape`'s bounding box (x0, y0, x1, y1) about its centre, in units of its size."""
+    return _BOXES[shape]
+
+
 def _classify(comp: np.ndarray, W: int, H: int) -> tuple[str, float, float, float, float]:
     """Best template for a component crop: (shape, iou, centre x, centre y, size) in crop pixels."""
     ys, xs = np.nonzero(comp)

@@ -19,8 +19,10 @@ transformer handed it. Session 37 found it draws best when it takes over early (
 0.9: 6 of the 10 steps, of plans up to `max_objects`): the planner's boxes already fix the
 layout, and a disc the transformer has drawn is harder to undo than noise.
 
-It runs only where a layout plan is (text-to-image prompts the grammar reads); edits and
-references keep the transformer to the end, and weights without an expert sample as before.
+It runs only where a layout plan is: text-to-image prompts the grammar reads, and edits that
+add, move or resize an object (edit_plan.py, session 38), where it draws the changed boxes
+and the transformer the rest. Other edits and references keep the transformer to the end,
+and weights without an expert sample as before.
 """
 
 from __future__ import annotations

@@ -159,7 +159,7 @@ def _background(text: str) -> str | None:
     return None
 
 
-def _objects(text: str) -> list[tuple[int, str | None, str | None, str]]:
+def named_objects(text: str) -> list[tuple[int, str | None, str | None, str]]:
     """(count, size, colour, shape) for each shape mentioned, in order."""
     nouns = "|".join(sorted(set(SHAPES) | set(PLURAL), key=len, reverse=True))
     nums, colors = "|".join(WORD_NUMS), "|".join(COLORS)
@@ -175,7 +175,7 @@ def _objects(text: str) -> list[tuple[int, str | None, str | None, str]]:
     return found
 
 
-def _cell(text: str) -> tuple[str, str] | None:
+def named_cell(text: str) -> tuple[str, str] | None:
     """The (x, y) cell a position phrase names, or None when it names none."""
     xs = [POS_X[w] for w in re.findall(rf"\b({'|'.join(POS_X)})\b", text)]
     ys = [POS_Y[w] for w in re.findall(rf"\b({'|'.join(POS_Y)})\b", text)]
@@ -201,7 +201,7 @@ def parse(prompt: str) -> PromptSpec | None:
     grammar; None when it names no shape the model knows. Words it does not know are dropped,
     a missing colour becomes the icon's own (or red), a missing background plain white."""
     bg, text = _split_background(normalize(prompt))
-    found = _objects(text)
+    found = named_objects(text)
     if not found:
         return None
     bgp = background_words(bg)
@@ -226,7 +226,7 @@ def parse(prompt: str) -> PromptSpec | None:
         # Sized as the grammar sizes counts (captions.count_spec), unless the prompt says.
         o = ObjSpec(o.shape, o.color, o.size or ("small" if count > 2 else "medium"))
         return PromptSpec("count", bg, (o,), text_n, count=count)
-    cell = _cell(text.replace(" left of", "").replace(" right of", ""))
+    cell = named_cell(text.replace(" left of", "").replace(" right of", ""))
     o = ObjSpec(o.shape, o.color, o.size, cell)
     noun = " ".join(w for w in (o.size, o.color, o.shape) if w)
     return PromptSpec(

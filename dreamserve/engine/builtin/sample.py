@@ -1,7 +1,8 @@
 """The sampler: text (+ input images) -> latents -> image at any size, in numbered steps.
 
 1. plan the layout of a text-to-image prompt the caption grammar reads (layout.py), seeded;
-   a plan whose boxes carry different phrases is split into one region per phrase
+   a plan whose boxes carry different phrases is split into one region per phrase; plan an
+   edit of one image from its instruction and image 1 (edit_plan.py): the boxes it changes
 2. encode the prompt (split into regions: each region's prompt instead) and the no-prompt
    condition with MiniLM
 3. encode the input images (edit / references) into latents on the output's token grid
@@ -9,8 +10,10 @@
 5. integrate the flow from t=1 (noise) to t=0 with Euler steps, classifier-free guided, each
    region's tokens predicted from its own prompt; a planned image's low-noise steps go to the
    expert, which draws the outlines at the latent pixels (expert.py), when there is one
+   (a planned edit's: in its changed boxes only, the transformer's velocity elsewhere)
 6. decode the latents at 2x with the autoencoder; an edit takes the input images' own
-   pixels where the transformer kept their latents (keep.py)
+   pixels where the transformer kept their latents (keep.py), never where its plan moved
+   or shrank an object from
 7. draw exactly the asked size with the trained upscaler (area-averaged when smaller), and
    the inputs' kept pixels again where an input is as large as the output
 """
@@ -18,16 +21,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dreamserve.engine.builtin import edit_plan
 from dreamserve.engine.builtin.autoencoder import AutoEncoder
 from dreamserve.engine.builtin.data import PX, grid_for, to_tensor
 from dreamserve.engine.builtin.dit import DiT, from_fine, null_condition, shift_time, to_fine
+from dreamserve.engine.builtin.edit_plan import EditPlan
 from dreamserve.engine.builtin.expert import Expert, plan_map
 from dreamserve.engine.builtin.keep import Kept, kept_latents, paste, paste_image, seams
 from dreamserve.engine.builtin.layout import (
@@ -39,7 +44,8 @@ from dreamserve.engine.builtin.layout import (
     plan,
     regions,
 )
-from dreamserve.engine.builtin.render import Scene
+from dreamserve.engine.builtin.prompts import background_words, noun_phrase
+from dreamserve.engine.builtin.render import Obj, Scene
 from dreamserve.engine.builtin.textenc import TextEncoder, pool
 from dreamserve.engine.builtin.upscaler import Upscaler, upscale
 
@@ -84,6 +90,9 @@ class ExpertRows:
 
     pooled: torch.Tensor  # (2, TEXT_DIM) the prompt's unit MiniLM vector; zeros
     layout: torch.Tensor  # (2, plan_dim, 4gh, 4gw) the plan per latent pixel; zeros
+    # (1, 1, 4gh, 4gw): where the expert draws, the transformer elsewhere (an edit's changed
+    # boxes, edit_plan.region); None: everywhere, and the transformer is not run
+    region: torch.Tensor | None = None
 
 
 def time_grid(steps: int, shift: float) -> torch.Tensor:
@@ -123,13 +132,17 @@ class Sampler:
         on_step: StepFn,
         noise: torch.Tensor | None = None,
         start: tuple[torch.Tensor, float] | None = None,
+        edit: EditPlan | None = None,
     ) -> torch.Tensor:
         """`start` = (clean latents, t0): begin at t0 from those latents noised, not at t=1
-        (evaluate.shape_time_probe: at which flow time is a shape decided)."""
+        (evaluate.shape_time_probe: at which flow time is a shape decided). `edit`: the
+        plan of an edit (edit_plan), whose boxes the expert draws."""
         gw, gh = grid_for(spec.width, spec.height)
         scene = self.plan(spec, refs)  # step 1
         cond = self.conditions(spec, scene, gw, gh)  # steps 1-2
-        late = self.expert_rows(spec, scene, gw, gh)
+        late = (
+            self.expert_rows(spec, scene, gw, gh) if edit is None else self.edit_rows(edit, gw, gh)
+        )
         rows = cond.text.shape[0]
         refs_r = [r.expand(rows, -1, -1, -1) for r in refs]
         # Step 4: seeded noise.
@@ -143,17 +156,23 @@ class Sampler:
         # Step 5: Euler integration of dx/dt = v, guided: v = v_u + g (v_c - v_u).
         g = guidance_or_default(spec.guidance)
         takes = self.expert_takes(ts[:-1])
+        region = None if late is None else late.region
         for i in range(spec.steps):
-            if late is not None and takes[i]:
-                # The expert's clean latents, as the velocity towards them from x at ts[i]
-                # (the flow is a straight line from data to noise).
-                v = (x - self.expert_latents(x, ts[i], late, g)) / ts[i]
-            else:
+            expert = late is not None and takes[i]
+            v: torch.Tensor | None = None
+            if not expert or region is not None:  # the transformer draws (some of) it
                 t = ts[i].expand(rows)
                 r = x.expand(rows, -1, -1, -1)
                 v = self.dit(r, t, cond.text, cond.mask, refs_r, cond.layout)
                 vc, vu = self.composite(v[:-1], cond.regions), v[-1:]
                 v = vu + g * (vc - vu)
+            if late is not None and expert:
+                # The expert's clean latents, as the velocity towards them from x at ts[i]
+                # (the flow is a straight line from data to noise); an edit's only in its
+                # region, the transformer's elsewhere.
+                ve = (x - self.expert_latents(x, ts[i], late, g)) / ts[i]
+                v = ve if v is None or region is None else self.blend(v, ve, region)
+            assert v is not None
             x = x + (ts[i + 1] - ts[i]) * v
             on_step()
         return x
@@ -198,12 +217,32 @@ class Sampler:
             return None
         if len(scene.objects) > self.expert.cfg.max_objects:
             return None
+        return self.expert_inputs(spec.prompt, scene.objects, gw, gh)
+
+    def edit_plan(self, spec: SampleSpec, images: Sequence[Image.Image]) -> EditPlan | None:
+        """Step 1 of an edit of one image: the boxes it changes, when edit_plan reads the
+        instruction and there is an expert to draw them; None otherwise or unasked."""
+        if self.expert is None or not spec.plan or len(images) != 1:
+            return None
+        return edit_plan.read(spec.prompt, images[0])
+
+    def edit_rows(self, edit: EditPlan, gw: int, gh: int) -> ExpertRows:
+        """The expert's rows for an edit: the changed objects, drawn in their region only."""
+        # The expert learnt from captions of whole scenes: one of the changed objects.
+        words = [noun_phrase(1, o.color, o.shape) for o in edit.objects]
+        caption = f"{' and '.join(words)} {background_words(edit.background)}"
+        rows = self.expert_inputs(caption, edit.objects, gw, gh)
+        p = self.ae.cfg.patch
+        return replace(rows, region=edit_plan.region(edit.boxes, (gw * p, gh * p)))
+
+    def expert_inputs(self, prompt: str, objects: Sequence[Obj], gw: int, gh: int) -> ExpertRows:
+        """The prompt's pooled vector and the objects' plan per latent pixel, then zeros."""
+        assert self.expert is not None
         p = self.ae.cfg.patch  # latent pixels per token side
-        states, mask = self.text([spec.prompt])
+        states, mask = self.text([prompt])
         pooled = torch.cat([pool(states, mask), torch.zeros(1, states.shape[-1])])
-        objs = list(scene.objects)
-        vectors = phrase_vectors(self.text, map(phrase, objs))
-        layout = plan_map(self.expert.cfg, [objs], (gw * p, gh * p), vectors)
+        vectors = phrase_vectors(self.text, map(phrase, objects))
+        layout = plan_map(self.expert.cfg, [list(objects)], (gw * p, gh * p), vectors)
         return ExpertRows(pooled, torch.cat([layout, torch.zeros_like(layout)]))
 
     def expert_takes(self, ts: torch.Tensor) -> list[bool]:
@@ -226,6 +265,13 @@ class Sampler:
         # guiding the velocity towards them.
         ge = 1.0 + (g - 1.0) * self.expert.cfg.guidance_share
         return F.pixel_unshuffle(x0[1:] + ge * (x0[:1] - x0[1:]), p)
+
+    def blend(self, v: torch.Tensor, ve: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+        """Velocities on the token grid: the expert's `ve` in `region`, the transformer's `v`
+        elsewhere, mixed per latent pixel."""
+        p = self.ae.cfg.patch
+        mixed = region * F.pixel_shuffle(ve, p) + (1 - region) * F.pixel_shuffle(v, p)
+        return F.pixel_unshuffle(mixed, p)
 
     def composite(self, v: torch.Tensor, regions: torch.Tensor | None) -> torch.Tensor:
         """(1, C, gh, gw): each fine token from the conditional row that owns it (all from
@@ -261,17 +307,28 @@ class Sampler:
     ) -> Image.Image:
         gw, gh = grid_for(spec.width, spec.height)
         refs = self.encode_images(images, gw, gh)
-        z = self.latents(spec, refs, on_step)
-        kept = self.kept_pixels(z, refs, images) if spec.keep else None
+        edit = self.edit_plan(spec, images)
+        z = self.latents(spec, refs, on_step, edit=edit)
+        kept = self.kept_pixels(z, refs, images, edit) if spec.keep else None
         return self.render(z, spec.width, spec.height, kept)
 
     def kept_pixels(
-        self, z: torch.Tensor, refs: list[torch.Tensor], images: Sequence[Image.Image]
+        self,
+        z: torch.Tensor,
+        refs: list[torch.Tensor],
+        images: Sequence[Image.Image],
+        edit: EditPlan | None = None,
     ) -> Kept | None:
-        """The inputs and the latent pixels z kept from each; None without inputs."""
+        """The inputs and the latent pixels z kept from each; None without inputs. Never
+        where an edit's plan moved or shrank an object from: the latent pixels on its old
+        outline hold little of it, pass as kept, and pasted its outline back (session 38)."""
         if not refs:
             return None
-        return Kept(tuple(images[: len(refs)]), kept_latents(z, refs, self.dit_cfg))
+        which = kept_latents(z, refs, self.dit_cfg)
+        if edit is not None and edit.cleared:
+            gone = edit_plan.region(edit.cleared, (which.shape[-1], which.shape[-2]), grow=1.0)
+            which = which.masked_fill(gone > 0, -1)
+        return Kept(tuple(images[: len(refs)]), which)
 
 
 def seeded_noise(seed: int, ch: int, gh: int, gw: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ from dreamserve.engine.builtin.autoencoder import AutoEncoder
 from dreamserve.engine.builtin.dit import LAYOUT_DIM, DiT, timestep_embedding
 from dreamserve.engine.builtin.expert import Expert, ExpertConfig, plan_map
 from dreamserve.engine.builtin.layout import COORD_DIM
-from dreamserve.engine.builtin.render import Obj, Scene
+from dreamserve.engine.builtin.render import Obj, Scene, render
 from dreamserve.engine.builtin.sample import Sampler, SampleSpec, time_grid
 from dreamserve.engine.builtin.textenc import TEXT_DIM, TextEncoder
 from dreamserve.engine.builtin.train_config import CONFIGS
@@ -142,3 +142,49 @@ def test_the_expert_is_guided_at_its_share_of_the_request_s_guidance() -> None:
         ex.cfg = replace(ex.cfg, guidance_share=1.0)
         assert torch.allclose(half, s.expert_latents(x, t, rows, 3.0), atol=1e-6)
         assert not torch.allclose(half, unguided)
+
+
+def test_an_edit_s_changed_boxes_go_to_the_expert_and_the_rest_to_the_transformer() -> None:
+    torch.manual_seed(0)
+    cfg = ExpertConfig(latent_ch=TINY.ae.latent_ch, width=16, emb=32)
+    ex = Counting(cfg)
+    ae, dit, sr = AutoEncoder(TINY.ae).eval(), DiT(TINY.dit).eval(), Upscaler(TINY.sr).eval()
+    s = Sampler(ae, dit, sr, TextEncoder(), ex.eval())
+    img = render(Scene("white", (Obj("hexagon", "blue", 0.3, 0.6, 0.24),)), 64, 64, 2)
+    edit = SampleSpec("move the blue hexagon to the right", 3, 64, 64, steps=6)
+    s(edit, [img], lambda: None)
+    grid = time_grid(6, dit.cfg.time_shift)
+    assert ex.times == [float(t) for t in grid[:-1] if t <= cfg.t_switch]
+    ex.times.clear()
+    s(replace(edit, prompt="remove the blue hexagon"), [img], lambda: None)
+    s(replace(edit, plan=False), [img], lambda: None)
+    s(edit, [img, img], lambda: None)  # references: no plan read
+    assert ex.times == []
+    plan = s.edit_plan(edit, [img])
+    assert plan is not None and s.edit_plan(replace(edit, plan=False), [img]) is None
+    rows = s.edit_rows(plan, 4, 4)
+    assert rows.region is not None and rows.region.shape == (1, 1, 4, 4)
+    # The velocity: the expert's inside the region, the transformer's outside it.
+    v, ve = torch.zeros(1, 8, 4, 4), torch.ones(1, 8, 4, 4)
+    mixed = s.blend(v, ve, rows.region)
+    assert torch.equal(mixed, rows.region.expand(1, 8, 4, 4))
+    assert 0 < float(rows.region.sum()) < 16
+
+
+def test_an_edit_never_pastes_image_1_back_where_it_moved_an_object_from() -> None:
+    # The latent pixels on the old outline hold little of it and pass as kept; pasted, they
+    # drew the outline back beside the moved object (session 38).
+    ae, dit, sr = AutoEncoder(TINY.ae).eval(), DiT(TINY.dit).eval(), Upscaler(TINY.sr).eval()
+    ex = Expert(ExpertConfig(latent_ch=TINY.ae.latent_ch, width=16, emb=32)).eval()
+    s = Sampler(ae, dit, sr, TextEncoder(), ex)
+    img = render(Scene("white", (Obj("hexagon", "blue", 0.3, 0.6, 0.3),)), 64, 64, 2)
+    plan = s.edit_plan(SampleSpec("move the blue hexagon to the right", 3, 64, 64), [img])
+    assert plan is not None and len(plan.cleared) == 1
+    refs = s.encode_images([img], 4, 4)
+    untouched = s.kept_pixels(refs[0], refs, [img])  # the input itself: every pixel kept
+    moved = s.kept_pixels(refs[0], refs, [img], plan)
+    assert untouched is not None and moved is not None
+    assert bool((untouched.which == 0).all())
+    gone = moved.which == -1
+    assert 0 < int(gone.sum()) < gone.numel() and bool((moved.which[~gone] == 0).all())
+    assert bool(gone[0, 0, 2, 1])  # the latent pixel holding the old centre (0.3, 0.6)
