@@ -191,12 +191,19 @@ def train_expert(
     ] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (default 1e-3).")] = None,
     device: Annotated[str, typer.Option(help="cpu, or cuda to train on a GPU.")] = "cpu",
+    go_on: Annotated[
+        bool,
+        typer.Option(
+            help="Without out/expert.pt: go on from the source weights' expert (fresh"
+            " optimiser and schedule) instead of starting from scratch."
+        ),
+    ] = False,
 ) -> None:
     """Train the low-noise expert, which draws a planned image's last steps; exports
     out/weights/ (the source weights with the expert)."""
     from dreamserve.engine.builtin.expert_train import main as expert_main
 
-    raise typer.Exit(expert_main(out, minutes, weights, lr, device))
+    raise typer.Exit(expert_main(out, minutes, weights, lr, device, go_on))
 
 
 def _block_pair(text: str | None) -> tuple[int, int] | None:

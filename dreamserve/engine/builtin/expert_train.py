@@ -207,16 +207,34 @@ def train(
     bar.close()
 
 
+def from_weights(expert: Expert, meta: dict[str, Any], want: ExpertTrainConfig) -> ExpertState:
+    """A run that goes on from a weights directory's expert (its EMA, as net and EMA), with
+    a fresh optimiser and schedule: a machine without the run's expert.pt can still train
+    the shipped expert further. Its counters go on from the weights' meta."""
+    serve = {k: getattr(want.model, k) for k in SAMPLING_FIELDS}
+    model = ExpertConfig(**{**expert.cfg.to_dict(), **serve})
+    state = new_state(ExpertTrainConfig(**{**asdict(want), "model": model}))
+    state.cfg.model = model
+    trained = {k: v.float() for k, v in expert.state_dict().items()}
+    state.net.load_state_dict(trained)
+    state.ema.load_state_dict(trained)
+    state.step = int(meta.get("expert_steps", 0))
+    state.seconds = float(meta.get("expert_seconds", 0.0))
+    return state
+
+
 def main(
     out: Path,
     minutes: float,
     source: Path | None = None,
     lr: float | None = None,
     device: str = "cpu",
+    go_on: bool = False,
 ) -> int:
     """Train the expert for `minutes` against `source`'s autoencoder (default: the shipped
-    weights), resuming from out/expert.pt when there is one; export out/weights/. With
-    `minutes` 0 only the export, of out/expert.pt, sampled as ExpertConfig now says."""
+    weights), resuming from out/expert.pt when there is one, else (`go_on`) from `source`'s
+    own expert, else from scratch; export out/weights/. With `minutes` 0 only the export,
+    of out/expert.pt, sampled as ExpertConfig now says."""
     src = source or weights.PACKAGE_WEIGHTS
     if not weights.available(src):
         print(f"no weights in {src}: train the model first (`dreamserve train`)")
@@ -231,12 +249,20 @@ def main(
     if minutes == 0 and not ckpt.exists():
         print(f"--minutes 0 exports a trained expert, and {ckpt} is not there: train one first")
         return 2
+    models = weights.load(src)
+    if go_on and models.expert is None and not ckpt.exists():
+        print(f"--go-on continues the expert of {src}, which has none: leave --go-on out")
+        return 2
     want = ExpertTrainConfig(device=device)
     want.lr = want.lr if lr is None else lr
     out.mkdir(parents=True, exist_ok=True)
-    state = load(ckpt, want) if ckpt.exists() else new_state(want)
+    if ckpt.exists():
+        state = load(ckpt, want)
+    elif go_on and models.expert is not None:
+        state = from_weights(models.expert, models.meta, want)
+    else:
+        state = new_state(want)
     torch.set_num_threads(state.cfg.threads)
-    models = weights.load(src)
     models.ae.to(state.cfg.device)
 
     def log(msg: str) -> None:

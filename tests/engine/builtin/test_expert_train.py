@@ -14,6 +14,7 @@ from dreamserve.engine.builtin.expert_train import (
     ExpertTrainConfig,
     expert_loss,
     fix_batch,
+    from_weights,
     load,
     main,
     new_state,
@@ -104,3 +105,33 @@ def test_zero_minutes_exports_the_saved_expert_as_this_code_samples_it(tmp_path:
     assert back.expert.cfg == replace(CFG.model, **now)
     for a, b in zip(state.ema.parameters(), back.expert.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-3, rtol=1e-3)
+
+
+def test_a_run_can_go_on_from_the_expert_a_weights_directory_ships(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A new machine has the shipped weights but not the run's expert.pt (session 38).
+    tiny = CONFIGS["tiny"]
+    ae = AutoEncoder(CONFIGS["default"].ae)
+    bare = weights.Models(ae, DiT(tiny.dit), Upscaler(tiny.sr), {})
+    weights.export(bare, tmp_path / "bare")
+    assert main(tmp_path / "a", 1.0, source=tmp_path / "bare", go_on=True) == 2
+    assert "which has none: leave --go-on out" in capsys.readouterr().out
+    assert not (tmp_path / "a").exists()
+    old = replace(CFG.model, t_switch=0.4, guidance_share=0.25)
+    trained = new_state(replace(CFG, model=old)).ema
+    for p in trained.parameters():  # not a new expert's zeros
+        torch.nn.init.normal_(p, std=0.1)
+    meta = {"expert_steps": 7, "expert_seconds": 3.0}
+    weights.export(replace(bare, meta=meta, expert=trained), tmp_path / "ship")
+    ship = weights.load(tmp_path / "ship")
+    assert ship.expert is not None
+    state = from_weights(ship.expert, ship.meta, ExpertTrainConfig(lr=3e-4))
+    assert (state.step, state.seconds, state.cfg.lr) == (7, 3.0, 3e-4)
+    now = {k: getattr(ExpertConfig(), k) for k in SAMPLING_FIELDS}
+    assert state.cfg.model == replace(old, **now)  # sampled as this code says
+    params = zip(trained.parameters(), state.net.parameters(), state.ema.parameters(), strict=True)
+    for a, b, c in params:
+        assert torch.allclose(a, b, atol=1e-3) and torch.equal(b, c)
+        assert b.dtype == torch.float32
+    assert not state.opt.state  # a fresh optimiser
