@@ -156,26 +156,35 @@ class Sampler:
         # Step 5: Euler integration of dx/dt = v, guided: v = v_u + g (v_c - v_u).
         g = guidance_or_default(spec.guidance)
         takes = self.expert_takes(ts[:-1])
-        region = None if late is None else late.region
         for i in range(spec.steps):
-            expert = late is not None and takes[i]
-            v: torch.Tensor | None = None
-            if not expert or region is not None:  # the transformer draws (some of) it
-                t = ts[i].expand(rows)
-                r = x.expand(rows, -1, -1, -1)
-                v = self.dit(r, t, cond.text, cond.mask, refs_r, cond.layout)
-                vc, vu = self.composite(v[:-1], cond.regions), v[-1:]
-                v = vu + g * (vc - vu)
-            if late is not None and expert:
+            if late is None or not takes[i]:
+                v = self.guided(x, ts[i], cond, refs_r, g)
+            else:
                 # The expert's clean latents, as the velocity towards them from x at ts[i]
-                # (the flow is a straight line from data to noise); an edit's only in its
-                # region, the transformer's elsewhere.
-                ve = (x - self.expert_latents(x, ts[i], late, g)) / ts[i]
-                v = ve if v is None or region is None else self.blend(v, ve, region)
-            assert v is not None
+                # (the flow is a straight line from data to noise).
+                v = (x - self.expert_latents(x, ts[i], late, g)) / ts[i]
+                if late.region is not None:  # an edit's: its boxes only
+                    v = self.blend(self.guided(x, ts[i], cond, refs_r, g), v, late.region)
             x = x + (ts[i + 1] - ts[i]) * v
             on_step()
         return x
+
+    def guided(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: Conditions,
+        refs: list[torch.Tensor],
+        g: float,
+    ) -> torch.Tensor:
+        """The transformer's guided velocity (1, C, gh, gw) at x and flow time t, in one
+        batched forward of cond's rows (refs: the input latents, a row each)."""
+        rows = cond.text.shape[0]
+        v = self.dit(
+            x.expand(rows, -1, -1, -1), t.expand(rows), cond.text, cond.mask, refs, cond.layout
+        )
+        vc, vu = self.composite(v[:-1], cond.regions), v[-1:]
+        return vu + g * (vc - vu)
 
     def conditions(self, spec: SampleSpec, scene: Scene | None, gw: int, gh: int) -> Conditions:
         """Steps 1-2: the rows of one batched forward per step: the prompt (a plan split into
