@@ -60,13 +60,17 @@ def read(instruction: str, image: Image.Image) -> EditPlan | None:
     named = named_objects(low)
     if not named or re.search(r"\b(background|remove|delete|erase|take away|put it)\b", low):
         return None
-    _, size, color, shape = named[0]
+    count, size, color, shape = named[0]
+    if color is None:  # a phrase the expert can draw names its colour
+        return None
     cell = named_cell(low)
     if re.match(r"^\w+ an?\b", low):  # "add a ...": a new object, at its cell
+        if len(named) > 1 or count > 1:  # "next to the blue circle", "two stars": unplanned
+            return None
         x, y = cell or ("center", "middle")
-        new = Obj(shape, color or "red", XS[x], YS[y], SIZES[size or "medium"])
+        new = Obj(shape, color, XS[x], YS[y], SIZES[size or "medium"])
         return EditPlan((new,), (), _background(image, ()))
-    found = ground(image, color, shape) if color else None
+    found = ground(image, color, shape)
     if found is None:
         return None
     changed = _change(instruction.lower(), low, found, cell)

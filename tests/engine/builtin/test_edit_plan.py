@@ -64,6 +64,9 @@ def test_a_resized_object_keeps_its_centre(image: Image.Image, word: str, factor
         "change the background to snow",
         "move the green hexagon to the left",  # no green object in image 1 (grass is none)
         "make it look nicer",
+        "add a star at the top left",  # no colour: no phrase to draw
+        "add a red star next to the blue hexagon",  # placed by another object: unplanned
+        "add two red stars",
         "make the blue hexagon",  # no change
     ],
 )
