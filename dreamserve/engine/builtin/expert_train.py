@@ -98,15 +98,21 @@ def save(state: ExpertState, out: Path) -> None:
     tmp.replace(out / "expert.pt")  # atomic, as checkpoint.save
 
 
+def _state_for(model: dict[str, Any], want: ExpertTrainConfig) -> ExpertState:
+    """A new state for an expert of the architecture `model` (an ExpertConfig's dict), trained
+    the way `want` says, sampled as `want.model` says (expert.SAMPLING_FIELDS)."""
+    serve = {k: getattr(want.model, k) for k in SAMPLING_FIELDS}
+    cfg = ExpertConfig(**{**model, **serve})
+    state = new_state(ExpertTrainConfig(**{**asdict(want), "model": cfg}))
+    state.cfg.model = cfg
+    return state
+
+
 def load(path: Path, want: ExpertTrainConfig) -> ExpertState:
     """The saved expert (its architecture kept), trained the way `want` says; how the
     sampler calls it (expert.SAMPLING_FIELDS) comes from `want`."""
     blob = torch.load(path, weights_only=False, map_location="cpu")
-    saved = dict(blob["config"])
-    serve = {k: getattr(want.model, k) for k in SAMPLING_FIELDS}
-    model = ExpertConfig(**{**saved["model"], **serve})
-    state = new_state(ExpertTrainConfig(**{**asdict(want), "model": model}))
-    state.cfg.model = model
+    state = _state_for(dict(blob["config"])["model"], want)
     state.net.load_state_dict(blob["net"])
     state.ema.load_state_dict(blob["ema"])
     state.opt.load_state_dict(blob["opt"])
@@ -211,10 +217,7 @@ def from_weights(expert: Expert, meta: dict[str, Any], want: ExpertTrainConfig) 
     """A run that goes on from a weights directory's expert (its EMA, as net and EMA), with
     a fresh optimiser and schedule: a machine without the run's expert.pt can still train
     the shipped expert further. Its counters go on from the weights' meta."""
-    serve = {k: getattr(want.model, k) for k in SAMPLING_FIELDS}
-    model = ExpertConfig(**{**expert.cfg.to_dict(), **serve})
-    state = new_state(ExpertTrainConfig(**{**asdict(want), "model": model}))
-    state.cfg.model = model
+    state = _state_for(expert.cfg.to_dict(), want)
     trained = {k: v.float() for k, v in expert.state_dict().items()}
     state.net.load_state_dict(trained)
     state.ema.load_state_dict(trained)
