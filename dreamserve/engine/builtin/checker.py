@@ -81,13 +81,18 @@ def _classify(comp: np.ndarray, W: int, H: int) -> tuple[str, float, float, floa
     return best
 
 
+def color_mask(a: np.ndarray, name: str) -> np.ndarray:
+    """(H, W) bool: the pixels of `a` (H, W, 3 float32 RGB) within COLOR_TOL of palette
+    colour `name`."""
+    return np.linalg.norm(a - np.array(COLORS[name], np.float32), axis=-1) < COLOR_TOL
+
+
 def find_objects(img: Image.Image, colors: list[str] | None = None) -> list[Found]:
     a = np.asarray(img.convert("RGB"), dtype=np.float32)
     H, W = a.shape[:2]
     found: list[Found] = []
     for name in colors or list(COLORS):
-        mask = np.linalg.norm(a - np.array(COLORS[name], np.float32), axis=-1) < COLOR_TOL
-        labels, n = ndimage.label(mask)
+        labels, n = ndimage.label(color_mask(a, name))
         for k, sl in enumerate(ndimage.find_objects(labels), start=1):
             if sl is None:
                 continue

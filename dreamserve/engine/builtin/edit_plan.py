@@ -28,10 +28,10 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from dreamserve.engine.builtin.checker import COLOR_TOL, background_of, unit_box
+from dreamserve.engine.builtin.checker import background_of, color_mask, unit_box
 from dreamserve.engine.builtin.layout import cover
 from dreamserve.engine.builtin.prompts import named_cell, named_objects, normalize
-from dreamserve.engine.builtin.render import COLORS, SIZES, XS, YS, Obj, Scene
+from dreamserve.engine.builtin.render import SIZES, XS, YS, Obj, Scene
 
 READ_PX = 256  # image 1 is read at this size: a small star keeps its points
 RESIZE = {"bigger": 1.5, "smaller": 0.6}  # as the training pairs resize (pairs.realize_task)
@@ -98,8 +98,7 @@ def ground(image: Image.Image, color: str, shape: str) -> Obj | None:
     than an object can be (a green object on grass: not the grass), as the box of a `shape`
     (the shape's extent within its box is render.py's)."""
     a = np.asarray(image.convert("RGB").resize((READ_PX, READ_PX)), np.float32)
-    mask = np.linalg.norm(a - np.array(COLORS[color], np.float32), axis=-1) < COLOR_TOL
-    labels, _ = ndimage.label(mask)
+    labels, _ = ndimage.label(color_mask(a, color))
     best: tuple[int, Obj] | None = None
     bx0, by0, bx1, by1 = unit_box(shape)
     for k, (ys, xs) in enumerate(ndimage.find_objects(labels), start=1):
