@@ -198,12 +198,20 @@ def train_expert(
             " optimiser and schedule) instead of starting from scratch."
         ),
     ] = False,
+    focus: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated shapes its one-object batches keep (e.g. hexagon,flower);"
+            " default every shape."
+        ),
+    ] = None,
 ) -> None:
     """Train the low-noise expert, which draws a planned image's last steps; exports
     out/weights/ (the source weights with the expert)."""
     from dreamserve.engine.builtin.expert_train import main as expert_main
 
-    raise typer.Exit(expert_main(out, minutes, weights, lr, device, go_on))
+    shapes = tuple(s.strip() for s in focus.split(",")) if focus else ()
+    raise typer.Exit(expert_main(out, minutes, weights, lr, device, go_on, shapes))
 
 
 def _block_pair(text: str | None) -> tuple[int, int] | None:

@@ -4,10 +4,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
-from dreamserve.engine.builtin import weights
+from dreamserve.cli import app
+from dreamserve.engine.builtin import expert_train, weights
 from dreamserve.engine.builtin.autoencoder import AutoEncoder
-from dreamserve.engine.builtin.data import build_pools
+from dreamserve.engine.builtin.data import Pools, build_pools
 from dreamserve.engine.builtin.dit import DiT
 from dreamserve.engine.builtin.expert import SAMPLING_FIELDS, ExpertConfig
 from dreamserve.engine.builtin.expert_train import (
@@ -86,7 +88,29 @@ def test_the_command_refuses_what_it_cannot_train_before_writing_anything(
     assert "--lr 0.5: the peak learning rate must be above 0" in capsys.readouterr().out
     assert main(tmp_path / "c", 0.0) == 2  # nothing to export
     assert "--minutes 0 exports a trained expert" in capsys.readouterr().out
-    assert not any((tmp_path / d).exists() for d in "abc")
+    assert main(tmp_path / "d", 1.0, focus=("hexagon", "blob")) == 2
+    assert "--focus blob: not a shape; the shapes are circle," in capsys.readouterr().out
+    assert not any((tmp_path / d).exists() for d in "abcd")
+
+
+def test_focus_keeps_the_one_object_batches_to_the_named_shapes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny = CONFIGS["tiny"]
+    ae = AutoEncoder(CONFIGS["default"].ae)
+    weights.export(weights.Models(ae, DiT(tiny.dit), Upscaler(tiny.sr), {}), tmp_path / "src")
+    small = build_pools(7, 400, 8, 6, tmp_path / "cache", log=lambda _: None)
+    monkeypatch.setattr(expert_train, "build_pools", lambda *a, **k: small)
+    seen: list[Pools] = []
+    monkeypatch.setattr(expert_train, "train", lambda _s, _a, pools, *a, **k: seen.append(pools))
+    focus = ("flower", "hexagon")
+    assert main(tmp_path / "run", 1.0, source=tmp_path / "src", focus=focus) == 0
+    (pools,) = seen
+    assert pools.shapes and {s.objs[0].shape for s in pools.shapes} == set(focus)
+    batch = fix_batch(pools, replace(CFG, kinds=("shape",), batch=8), random.Random(0))
+    assert {o.shape for p in batch.plans for o in p} <= set(focus)
+    saved = torch.load(tmp_path / "run" / "expert.pt", weights_only=False)
+    assert tuple(saved["config"]["shape_focus"]) == focus  # the run says what it trained on
 
 
 def test_zero_minutes_exports_the_saved_expert_as_this_code_samples_it(tmp_path: Path) -> None:
@@ -135,3 +159,10 @@ def test_a_run_can_go_on_from_the_expert_a_weights_directory_ships(
         assert torch.allclose(a, b, atol=1e-3) and torch.equal(b, c)
         assert b.dtype == torch.float32
     assert not state.opt.state  # a fresh optimiser
+
+
+def test_the_cli_reads_focus_as_comma_separated_shapes(tmp_path: Path) -> None:
+    args = ["train-expert", "--minutes", "1", "--out", str(tmp_path / "x")]
+    result = CliRunner().invoke(app, [*args, "--focus", "hexagon, blob"])
+    assert result.exit_code == 2 and "--focus blob: not a shape" in result.output, result.output
+    assert not (tmp_path / "x").exists()
