@@ -63,14 +63,15 @@ def read(instruction: str, image: Image.Image) -> EditPlan | None:
     count, size, color, shape = named[0]
     if color is None:  # a phrase the expert can draw names its colour
         return None
+    small = image.convert("RGB").resize((READ_PX, READ_PX))  # once: a 4K input is 64x this
     cell = named_cell(low)
     if re.match(r"^\w+ an?\b", low):  # "add a ...": a new object, at its cell
         if len(named) > 1 or count > 1:  # "next to the blue circle", "two stars": unplanned
             return None
         x, y = cell or ("center", "middle")
         new = Obj(shape, color, XS[x], YS[y], SIZES[size or "medium"])
-        return EditPlan((new,), (), _background(image, ()))
-    found = ground(image, color, shape)
+        return EditPlan((new,), (), _background(small, ()))
+    found = ground(small, color, shape)
     if found is None:
         return None
     changed = _change(instruction.lower(), low, found, cell)
@@ -78,7 +79,7 @@ def read(instruction: str, image: Image.Image) -> EditPlan | None:
         return None
     kept = (changed.x, changed.y) == (found.x, found.y) and changed.size >= found.size
     cleared = () if kept else (found,)
-    return EditPlan((changed,), cleared, _background(image, (found,)))
+    return EditPlan((changed,), cleared, _background(small, (found,)))
 
 
 def _change(raw: str, low: str, obj: Obj, cell: tuple[str, str] | None) -> Obj | None:
@@ -113,8 +114,8 @@ def ground(image: Image.Image, color: str, shape: str) -> Obj | None:
 
 
 def _background(image: Image.Image, objects: Sequence[Obj]) -> str:
-    small = image.convert("RGB").resize((READ_PX // 2, READ_PX // 2), Image.Resampling.BOX)
-    return background_of(small, Scene("white", tuple(objects)))
+    half = image.resize((READ_PX // 2, READ_PX // 2), Image.Resampling.BOX)
+    return background_of(half, Scene("white", tuple(objects)))
 
 
 def region(
